@@ -1,0 +1,43 @@
+"""Exceptions of unim2_core: one class per subsystem, all deriving from Unim2Error.
+
+Messages name the offending path, key or value so the user can act on them; command-line
+entry points catch Unim2Error, print ``ERROR: <message>`` and exit with status 1.
+"""
+
+from __future__ import annotations
+
+
+class Unim2Error(Exception):
+    """Base class of every error raised on purpose by unim2."""
+
+
+class ConfigError(Unim2Error):
+    """A configuration file or value is invalid (unknown key, wrong type, out of range)."""
+
+
+class BackboneError(Unim2Error):
+    """Backbone weights are missing, unreadable or do not match the architecture."""
+
+
+class EncodingError(Unim2Error):
+    """A raw modality array cannot be encoded (wrong dtype, shape, size or values)."""
+
+
+class CheckpointError(Unim2Error):
+    """A checkpoint bundle is unreadable, unsafe or does not match the running setup."""
+
+
+class DataError(Unim2Error):
+    """A dataset, folder or bag recording is missing files or holds inconsistent frames."""
+
+
+class CacheError(Unim2Error):
+    """The feature cache is unreadable or inconsistent."""
+
+
+class TrainingError(Unim2Error):
+    """Training cannot start or continue (for example an incompatible resume state)."""
+
+
+class SearchError(Unim2Error):
+    """A hyperparameter search cannot be created, resumed or completed."""

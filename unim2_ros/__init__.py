@@ -1,0 +1,1 @@
+"""unim2_ros: the thin ROS 2 layer (node, message conversions, bag replay and recording)."""
