@@ -14,7 +14,7 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="unim2-roslog-"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+SAMPLE_DATA = REPO_ROOT / "test" / "data"
 
 _DOMAIN_IDS = itertools.cycle(range(1 + os.getpid() % 40, 101))
 
@@ -28,8 +28,6 @@ def ros_domain_id(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The real sample frames in ../shared/data (NYU RGB-D, MSRS RGB-thermal)."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"sample frames not found at {SHARED_DATA}")
-    return SHARED_DATA
+def sample_data() -> Path:
+    """Real sample frames (NYU RGB-D, MSRS RGB-thermal) kept in test/data."""
+    return SAMPLE_DATA
