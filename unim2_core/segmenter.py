@@ -1,0 +1,230 @@
+"""Segmenter: raw modality arrays in robot units -> per-pixel label map.
+
+The one inference object: the trainer's evaluator, the replay tool and the node all call it, so
+preprocessing, backbone, heads and cluster assignment cannot drift apart between them.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from unim2_core.backbone import Backbone, load_backbone
+from unim2_core.checkpoint import Bundle, load_bundle
+from unim2_core.encoding import ModalityEncoding, check_group
+from unim2_core.preprocess import encode_group, processing_size, to_backbone_batch
+
+Device = Literal["cpu", "cuda", "auto"]
+Precision = Literal["fp32", "fp16", "bf16"]
+DEVICES: tuple[Device, ...] = ("cpu", "cuda", "auto")
+PRECISIONS: dict[Precision, torch.dtype] = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
+
+
+class LabelInfo(NamedTuple):
+    """What one output label id means."""
+
+    id: int
+    name: str
+    color: tuple[int, int, int]
+
+
+class SegmentationResult(NamedTuple):
+    """Output for one frame group, at the input resolution.
+
+    Attributes:
+        labels: HxW label ids (uint8, or uint16 when there are more than 255 ids).
+        confidence: HxW float32 cosine similarity of each pixel's code to its centroid, when
+            requested.
+    """
+
+    labels: np.ndarray
+    confidence: np.ndarray | None
+
+
+def distinct_palette(n: int) -> np.ndarray:
+    """``n`` well-separated RGB colours (golden-ratio hue steps), [n, 3] uint8, deterministic."""
+    colors = []
+    for index in range(n):
+        hue = (index * 0.618033988749895) % 1.0
+        value = 0.95 if index % 2 == 0 else 0.7
+        r, g, b = colorsys.hsv_to_rgb(hue, 0.75, value)
+        colors.append((round(r * 255), round(g * 255), round(b * 255)))
+    return np.asarray(colors, dtype=np.uint8).reshape(n, 3)
+
+
+def resolve_device(device: Device) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a ValueError."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but torch sees no CUDA GPU")
+    return torch.device(device)
+
+
+class Segmenter:
+    """A trained bundle on a loaded backbone, ready to segment frame groups.
+
+    Args:
+        bundle: The trained heads and their settings.
+        backbone: The frozen backbone; its identity must match the bundle's.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        precision: Backbone precision (``fp32``, ``fp16``, ``bf16``); the small heads always run
+            in fp32.
+        shorter_side: Processing resolution (shorter side, rounded to the patch size); the
+            bundle's default when None.
+        apply_mapping: Output class ids through the bundle's cluster -> class mapping when it has
+            one; False gives raw cluster ids (what the Hungarian evaluator needs).
+
+    Raises:
+        CheckpointError: the backbone does not match the bundle.
+        ValueError: an unknown device or precision, or a non-positive resolution.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        backbone: Backbone,
+        *,
+        device: Device = "auto",
+        precision: Precision = "fp32",
+        shorter_side: int | None = None,
+        apply_mapping: bool = True,
+    ) -> None:
+        bundle.check_compatible(backbone=backbone.identity)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+        if shorter_side is not None and shorter_side < 1:
+            raise ValueError(f"shorter_side must be positive, got {shorter_side}")
+        self.bundle = bundle
+        self.device = resolve_device(device)
+        self.precision = precision
+        self.shorter_side = shorter_side or bundle.preprocess.shorter_side
+        self.backbone = backbone.to(self.device, PRECISIONS[precision])
+        self.heads = bundle.build_heads().to(self.device)
+        self.labels_table, lookup = _label_table(bundle, apply_mapping=apply_mapping)
+        self._lookup = torch.as_tensor(lookup, device=self.device)
+        self._label_dtype = np.uint8 if len(self.labels_table) <= 255 else np.uint16
+
+    @classmethod
+    def from_files(
+        cls,
+        checkpoint: str | Path,
+        backbone_weights: str | Path,
+        *,
+        device: Device = "auto",
+        precision: Precision = "fp32",
+        shorter_side: int | None = None,
+        apply_mapping: bool = True,
+    ) -> Segmenter:
+        """Load a checkpoint bundle and the backbone weights it was trained with.
+
+        Raises:
+            CheckpointError: unreadable or mismatching checkpoint.
+            BackboneError: missing or invalid backbone weights.
+        """
+        bundle = load_bundle(checkpoint)
+        backbone = load_backbone(
+            bundle.backbone.name, backbone_weights, feature_layer=bundle.backbone.feature_layer
+        )
+        return cls(
+            bundle,
+            backbone,
+            device=device,
+            precision=precision,
+            shorter_side=shorter_side,
+            apply_mapping=apply_mapping,
+        )
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Modality names the model needs, ``rgb`` first."""
+        return self.bundle.modalities
+
+    @property
+    def encodings(self) -> dict[str, ModalityEncoding]:
+        """Encoding of each modality, as trained."""
+        return self.bundle.encodings
+
+    def processing_size(self, height: int, width: int) -> tuple[int, int]:
+        """The backbone input size used for an input of ``height`` x ``width``."""
+        return processing_size(
+            height, width, shorter_side=self.shorter_side, patch_size=self.backbone.patch_size
+        )
+
+    @torch.inference_mode()
+    def code(self, arrays: Mapping[str, np.ndarray]) -> Tensor:
+        """The code map of one frame group, [1, D, h, w] at feature resolution."""
+        encoded = encode_group(arrays, self.encodings)  # [M, H, W, 3]
+        size = self.processing_size(encoded.shape[1], encoded.shape[2])
+        pixels = to_backbone_batch(
+            encoded,
+            size,
+            device=self.device,
+            dtype=PRECISIONS[self.precision],
+            interpolation=self.bundle.preprocess.interpolation,
+        )
+        features = self.backbone(pixels).float()  # [M, C, h, w]
+        code: Tensor = self.heads(features.unsqueeze(0))  # [1, D, h, w]
+        return code
+
+    @torch.inference_mode()
+    def __call__(
+        self, arrays: Mapping[str, np.ndarray], *, with_confidence: bool = False
+    ) -> SegmentationResult:
+        """Segment one frame group of raw arrays (robot units, see ``encoding``).
+
+        Raises:
+            EncodingError: a modality is missing, sizes differ, or an array is invalid.
+        """
+        height, width = check_group(arrays, self.modalities)
+        code = self.code(arrays)
+        size = self.processing_size(height, width)
+        similarity = self.heads.cluster_probe.similarity(code)  # [1, K, h, w]
+        similarity = F.interpolate(similarity, size=size, mode="bilinear", align_corners=False)
+        best, clusters = similarity.max(dim=1)  # [1, h', w']
+        labels = self._lookup[clusters].unsqueeze(1).float()  # [1, 1, h', w']
+        labels = F.interpolate(labels, size=(height, width), mode="nearest-exact")
+        result_labels = labels[0, 0].to("cpu", torch.int32).numpy().astype(self._label_dtype)
+        confidence = None
+        if with_confidence:
+            best = F.interpolate(best.unsqueeze(1), size=(height, width), mode="nearest-exact")
+            confidence = best[0, 0].to("cpu", torch.float32).numpy()
+        return SegmentationResult(labels=result_labels, confidence=confidence)
+
+
+def _label_table(bundle: Bundle, *, apply_mapping: bool) -> tuple[list[LabelInfo], np.ndarray]:
+    """Output label ids with names and colours, and the cluster -> output id lookup."""
+    n_clusters = bundle.heads_config.n_clusters
+    mapping = bundle.class_mapping
+    if mapping is None or not apply_mapping:
+        palette = distinct_palette(n_clusters)
+        table = [
+            LabelInfo(k, f"cluster_{k}", tuple(int(c) for c in palette[k]))  # type: ignore[misc]
+            for k in range(n_clusters)
+        ]
+        return table, np.arange(n_clusters, dtype=np.int64)
+    table = [
+        LabelInfo(i, name, tuple(int(c) for c in mapping.palette[i]))  # type: ignore[misc]
+        for i, name in enumerate(mapping.class_names)
+    ]
+    unmatched = [k for k, c in enumerate(mapping.cluster_to_class) if c < 0]
+    extra = distinct_palette(len(mapping.class_names) + len(unmatched))[len(mapping.class_names) :]
+    lookup = np.asarray(mapping.cluster_to_class, dtype=np.int64)
+    for j, cluster in enumerate(unmatched):
+        label_id = len(table)
+        table.append(LabelInfo(label_id, f"cluster_{cluster}", tuple(int(c) for c in extra[j])))  # type: ignore[misc]
+        lookup[cluster] = label_id
+    return table, lookup
