@@ -152,7 +152,10 @@ class ModalityEncoding:
         dtype = data.get("input_dtype")
         if dtype is not None and not isinstance(dtype, str):
             raise ConfigError(f"{where}.input_dtype must be a string, got {dtype!r}")
-        base = cls.default(str(data["kind"]), dtype)
+        try:
+            base = cls.default(str(data["kind"]), dtype)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from err
         bounds = {}
         for key in ("low", "high"):
             value = data.get(key, getattr(base, key))

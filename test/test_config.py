@@ -1,0 +1,122 @@
+"""Training configuration: every shipped YAML loads, every bad key is named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from unim2_core.config import (
+    TrainConfig,
+    apply_overrides,
+    config_to_dict,
+    load_config,
+    parse_config,
+    read_yaml,
+)
+from unim2_core.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+TRAIN_CONFIGS = sorted(CONFIG_DIR.glob("train_*.yaml"))
+
+
+def test_every_dataset_has_a_shipped_config() -> None:
+    names = {p.stem for p in TRAIN_CONFIGS}
+    assert {"train_nyu", "train_mfnet", "train_mcubes", "train_robot"} <= names
+
+
+@pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.stem)
+def test_shipped_config_loads_and_round_trips(path: Path) -> None:
+    config = load_config(path)
+    assert isinstance(config, TrainConfig)
+    assert config.modality_names[0] == "rgb"
+    assert (
+        parse_config(yaml.safe_load(yaml.safe_dump(config_to_dict(config), sort_keys=False)))
+        == config
+    )
+
+
+def test_reference_hyperparameters_are_the_papers() -> None:
+    nyu = load_config(CONFIG_DIR / "train_nyu.yaml")
+    assert (nyu.backbone.name, nyu.model.code_dim, nyu.train.lr) == ("dinov3_vits16", 70, 5e-4)
+    assert nyu.loss.modalities["depth"].shift.knn == 0.4318
+    assert nyu.loss.modalities["rgb"].modality_weight == 0.1356
+    mfnet = load_config(CONFIG_DIR / "train_mfnet.yaml")
+    assert (mfnet.backbone.name, mfnet.model.code_dim, mfnet.train.lr) == (
+        "dinov3_vitb16",
+        90,
+        7.88e-5,
+    )
+    assert mfnet.loss.modalities["thermal"].weight.knn == 0.9124
+    mcubes = load_config(CONFIG_DIR / "train_mcubes.yaml")
+    assert (mcubes.model.code_dim, mcubes.train.lr) == (320, 1.59e-5)
+    assert mcubes.loss.modalities["aolp"].shift.self == 0.4694
+    for config in (nyu, mfnet, mcubes):
+        assert (config.train.batch_size, config.train.steps, config.train.probe_lr) == (
+            32,
+            3300,
+            5e-3,
+        )
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("train.lrr=1", r"unknown config key 'train\.lrr' \(did you mean 'lr'\?\)"),
+        ("train.lr=abc", r"'train\.lr': expected a number, got 'abc'"),
+        ("train.steps=1.5", r"'train\.steps': expected an integer"),
+        ("train.steps=0", r"'train\.steps' must be >= 1"),
+        ("model.fusion=concat", r"'model\.fusion': expected one of 'conv'"),
+        ("model.linear_probe=1", r"'model\.linear_probe': expected true or false"),
+        ("modalities.depth.kind=sonar", r"'modalities\.depth': unknown encoding kind 'sonar'"),
+        ("loss.modalities.depth.shift.knn=x", r"loss\.modalities\.depth.*knn must be a number"),
+        ("dataset.kind=kitti", r"'dataset\.kind': expected one of 'nyu'"),
+        ("loss.knn_neighbours=40", r"'loss\.knn_neighbours' \(40\) must not exceed"),
+        ("train.selection_split=train", r"'train\.selection_split': expected one of 'val', 'test'"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(override: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(CONFIG_DIR / "train_nyu.yaml", [override])
+
+
+def test_loss_settings_must_cover_exactly_the_modalities() -> None:
+    data = read_yaml(CONFIG_DIR / "train_nyu.yaml")
+    del data["loss"]["modalities"]["depth"]
+    with pytest.raises(ConfigError, match=r"missing \['depth'\]"):
+        parse_config(data)
+
+
+def test_missing_required_section_is_named() -> None:
+    data = read_yaml(CONFIG_DIR / "train_nyu.yaml")
+    del data["dataset"]["root"]
+    with pytest.raises(ConfigError, match=r"missing config key 'dataset\.root'"):
+        parse_config(data)
+
+
+def test_modalities_must_start_with_rgb() -> None:
+    data = read_yaml(CONFIG_DIR / "train_nyu.yaml")
+    data["modalities"] = {"depth": data["modalities"]["depth"], "rgb": data["modalities"]["rgb"]}
+    with pytest.raises(ConfigError, match="must start with 'rgb'"):
+        parse_config(data)
+
+
+def test_overrides_parse_yaml_values_and_create_sections() -> None:
+    data = apply_overrides({"train": {"steps": 5}}, ["train.steps=7", "dataset.options.x=[1, 2]"])
+    assert data == {"train": {"steps": 7}, "dataset": {"options": {"x": [1, 2]}}}
+    with pytest.raises(ConfigError, match="must look like"):
+        apply_overrides({}, ["train.steps"])
+
+
+def test_unreadable_or_invalid_yaml_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cannot read config .*nope\.yaml"):
+        read_yaml(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml. is not valid YAML"):
+        read_yaml(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("3\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        read_yaml(scalar)
