@@ -13,8 +13,12 @@ from unim2_core.preprocess import (
     IMAGENET_STD,
     PreprocessConfig,
     encode_group,
+    five_crop_boxes,
+    label_views,
+    paper_protocol_view,
     processing_size,
     to_backbone_batch,
+    training_views,
 )
 
 
@@ -80,3 +84,58 @@ def test_preprocess_config_validates_and_round_trips() -> None:
         PreprocessConfig(interpolation="cubic")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"preprocess: unknown key\(s\) \['size'\]"):
         PreprocessConfig.from_dict({"size": 3})
+
+
+def test_five_crop_boxes_follow_torchvision_rule() -> None:
+    assert five_crop_boxes(480, 640) == [
+        (0, 0, 240, 320),
+        (0, 320, 240, 320),
+        (240, 0, 240, 320),
+        (240, 320, 240, 320),
+        (120, 160, 240, 320),
+    ]
+
+
+def test_training_views_cut_resize_and_centre_crop_each_quadrant() -> None:
+    encoded = np.zeros((2, 48, 64, 3), dtype=np.float32)
+    encoded[:, :24, :32] = 1.0  # top-left quadrant lit in both modalities
+    views = to_unit(training_views(encoded, crop_size=16))
+    assert views.shape == (5, 2, 3, 16, 16)
+    np.testing.assert_allclose(views[0], 1.0, atol=1e-5)
+    np.testing.assert_allclose(views[1:4], 0.0, atol=1e-5)
+    centre = views[4, 0, 0]  # covers rows 12..36, cols 16..48: top-left quarter is lit
+    assert centre[:6, :6].min() > 0.99 and centre[10:, 10:].max() < 1e-5
+    whole = training_views(encoded, crop_size=16, five_crop=False)
+    assert whole.shape == (1, 2, 3, 16, 16)
+
+
+def test_label_views_use_nearest_and_match_image_views() -> None:
+    labels = np.zeros((48, 64), dtype=np.uint8)
+    labels[:24, :32] = 7
+    labels[0, 0] = 255
+    views = label_views(labels, crop_size=16)
+    assert views.shape == (5, 16, 16) and views.dtype == np.uint8
+    assert set(np.unique(views[0])) <= {7, 255} and (views[1:4] == 0).all()
+    assert set(np.unique(views)) <= {0, 7, 255}
+
+
+def test_paper_protocol_resizes_shorter_side_and_centre_crops() -> None:
+    rgb = np.zeros((480, 640, 3), np.uint8)
+    rgb[:, 320:] = 200
+    depth = np.arange(480 * 640, dtype=np.uint16).reshape(480, 640)
+    labels = np.zeros((480, 640), np.uint8)
+    labels[:, 320:] = 3
+    arrays, view_labels = paper_protocol_view({"rgb": rgb, "depth": depth}, labels, size=320)
+    assert arrays["rgb"].shape == (320, 320, 3) and arrays["depth"].shape == (320, 320)
+    assert view_labels is not None and view_labels.shape == (320, 320)
+    # 640 wide -> 426 wide, crop starts at column 53: the boundary (column 213 of 426) is at 160.
+    assert (view_labels[:, :160] == 0).all() and (view_labels[:, 161:] == 3).all()
+    assert set(np.unique(arrays["depth"])) <= set(np.unique(depth))  # nearest: no new values
+    assert arrays["depth"].dtype == np.uint16
+
+
+def to_unit(batch: torch.Tensor) -> np.ndarray:
+    """Undo ImageNet normalisation of a [..., 3, H, W] batch."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (batch * std + mean).numpy()

@@ -121,3 +121,102 @@ def to_backbone_batch(
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
     return ((images - mean) / std).to(dtype).contiguous()
+
+
+def shorter_side_size(height: int, width: int, shorter_side: int) -> tuple[int, int]:
+    """Size with the shorter side exactly ``shorter_side`` (torchvision ``Resize(int)`` rule)."""
+    if height <= width:
+        return shorter_side, int(shorter_side * width / height)
+    return int(shorter_side * height / width), shorter_side
+
+
+def centre_crop_box(height: int, width: int, size: int) -> tuple[int, int]:
+    """Top-left corner of a centred ``size`` x ``size`` crop (torchvision ``CenterCrop`` rule)."""
+    return round((height - size) / 2.0), round((width - size) / 2.0)
+
+
+def five_crop_boxes(height: int, width: int) -> list[tuple[int, int, int, int]]:
+    """The four corner crops and the centre crop at half height and width: (top, left, h, w)."""
+    crop_h, crop_w = height // 2, width // 2
+    centre_top, centre_left = round((height - crop_h) / 2.0), round((width - crop_w) / 2.0)
+    return [
+        (0, 0, crop_h, crop_w),
+        (0, width - crop_w, crop_h, crop_w),
+        (height - crop_h, 0, crop_h, crop_w),
+        (height - crop_h, width - crop_w, crop_h, crop_w),
+        (centre_top, centre_left, crop_h, crop_w),
+    ]
+
+
+def view_boxes(height: int, width: int, *, five_crop: bool) -> list[tuple[int, int, int, int]]:
+    """Training views of a frame: its five crops, or the whole frame."""
+    return five_crop_boxes(height, width) if five_crop else [(0, 0, height, width)]
+
+
+def training_views(
+    encoded: np.ndarray,
+    *,
+    crop_size: int,
+    five_crop: bool = True,
+    interpolation: Interpolation = "bilinear",
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The paper's training views of one encoded group [M, H, W, 3] -> [V, M, 3, S, S].
+
+    Each view (five-crop at half height and width, or the whole frame) is resized so its
+    shorter side is ``crop_size`` and centre-cropped to ``crop_size`` squared.
+    """
+    height, width = encoded.shape[1:3]
+    views = []
+    for top, left, crop_h, crop_w in view_boxes(height, width, five_crop=five_crop):
+        crop = encoded[:, top : top + crop_h, left : left + crop_w]
+        resized = shorter_side_size(crop_h, crop_w, crop_size)
+        batch = to_backbone_batch(
+            crop, resized, device=device, dtype=dtype, interpolation=interpolation
+        )  # [M, 3, h, w]
+        y0, x0 = centre_crop_box(resized[0], resized[1], crop_size)
+        views.append(batch[:, :, y0 : y0 + crop_size, x0 : x0 + crop_size])
+    return torch.stack(views)  # [V, M, 3, S, S]
+
+
+def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an HxW or HxWxC array of any dtype to ``size`` = (h, w)."""
+    if tuple(array.shape[:2]) == tuple(size):
+        return array
+    height, width = array.shape[:2]
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * height / size[0]).astype(np.int64), height - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * width / size[1]).astype(np.int64), width - 1)
+    return array[rows[:, None], cols[None, :]]
+
+
+def label_views(labels: np.ndarray, *, crop_size: int, five_crop: bool = True) -> np.ndarray:
+    """Label maps of the training views (nearest neighbour) -> [V, S, S]."""
+    height, width = labels.shape
+    out = []
+    for top, left, crop_h, crop_w in view_boxes(height, width, five_crop=five_crop):
+        resized = shorter_side_size(crop_h, crop_w, crop_size)
+        crop = resize_nearest(labels[top : top + crop_h, left : left + crop_w], resized)
+        y0, x0 = centre_crop_box(resized[0], resized[1], crop_size)
+        out.append(crop[y0 : y0 + crop_size, x0 : x0 + crop_size])
+    return np.stack(out)
+
+
+def paper_protocol_view(
+    arrays: Mapping[str, np.ndarray], labels: np.ndarray | None, *, size: int
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The paper's evaluation view: resize the shorter side to ``size`` and centre-crop it.
+
+    Raw arrays and labels are resized with nearest neighbour, as the reference implementation
+    does (this also keeps invalid depth pixels from blending into valid ones).
+    """
+    first = next(iter(arrays.values()))
+    height, width = first.shape[:2]
+    resized = shorter_side_size(height, width, size)
+    y0, x0 = centre_crop_box(resized[0], resized[1], size)
+
+    def view(array: np.ndarray) -> np.ndarray:
+        out = resize_nearest(array, resized)[y0 : y0 + size, x0 : x0 + size]
+        return np.ascontiguousarray(out)
+
+    return {name: view(a) for name, a in arrays.items()}, None if labels is None else view(labels)
