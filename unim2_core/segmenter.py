@@ -63,6 +63,28 @@ def distinct_palette(n: int) -> np.ndarray:
     return np.asarray(colors, dtype=np.uint8).reshape(n, 3)
 
 
+def clusters_from_similarity(
+    similarity: Tensor, *, processing_size: tuple[int, int], output_size: tuple[int, int]
+) -> tuple[Tensor, Tensor]:
+    """Cluster ids and their cosine similarity at ``output_size`` from [B, K, h, w] similarities.
+
+    Similarities are upsampled bilinearly to the processing resolution, the best centroid is
+    chosen there, and ids are brought to the output resolution with nearest neighbour.
+
+    Returns:
+        ``(clusters [B, H, W] int64, best [B, H, W] float)``.
+    """
+    similarity = F.interpolate(
+        similarity, size=processing_size, mode="bilinear", align_corners=False
+    )
+    best, clusters = similarity.max(dim=1)  # [B, h', w']
+    if tuple(processing_size) != tuple(output_size):
+        clusters = F.interpolate(clusters[:, None].float(), size=output_size, mode="nearest-exact")
+        clusters = clusters[:, 0].long()
+        best = F.interpolate(best[:, None], size=output_size, mode="nearest-exact")[:, 0]
+    return clusters, best
+
+
 def resolve_device(device: Device) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a ValueError."""
     if device not in DEVICES:
@@ -190,19 +212,15 @@ class Segmenter:
             EncodingError: a modality is missing, sizes differ, or an array is invalid.
         """
         height, width = check_group(arrays, self.modalities)
-        code = self.code(arrays)
-        size = self.processing_size(height, width)
-        similarity = self.heads.cluster_probe.similarity(code)  # [1, K, h, w]
-        similarity = F.interpolate(similarity, size=size, mode="bilinear", align_corners=False)
-        best, clusters = similarity.max(dim=1)  # [1, h', w']
-        labels = self._lookup[clusters].unsqueeze(1).float()  # [1, 1, h', w']
-        labels = F.interpolate(labels, size=(height, width), mode="nearest-exact")
-        result_labels = labels[0, 0].to("cpu", torch.int32).numpy().astype(self._label_dtype)
-        confidence = None
-        if with_confidence:
-            best = F.interpolate(best.unsqueeze(1), size=(height, width), mode="nearest-exact")
-            confidence = best[0, 0].to("cpu", torch.float32).numpy()
-        return SegmentationResult(labels=result_labels, confidence=confidence)
+        similarity = self.heads.cluster_probe.similarity(self.code(arrays))  # [1, K, h, w]
+        clusters, best = clusters_from_similarity(
+            similarity,
+            processing_size=self.processing_size(height, width),
+            output_size=(height, width),
+        )
+        labels = self._lookup[clusters[0]].to("cpu").numpy().astype(self._label_dtype)
+        confidence = best[0].to("cpu", torch.float32).numpy() if with_confidence else None
+        return SegmentationResult(labels=labels, confidence=confidence)
 
 
 def _label_table(bundle: Bundle, *, apply_mapping: bool) -> tuple[list[LabelInfo], np.ndarray]:
