@@ -1,0 +1,17 @@
+"""Exceptions of unim2_ros, deriving from unim2_core's Unim2Error.
+
+Command-line entry points catch Unim2Error, so these are reported like the core's errors:
+``ERROR: <message>`` and exit status 1.
+"""
+
+from __future__ import annotations
+
+from unim2_core.errors import Unim2Error
+
+
+class ImageConversionError(Unim2Error):
+    """A sensor_msgs/Image cannot be converted to or from an array (encoding, sizes, dtype)."""
+
+
+class BagError(Unim2Error):
+    """A rosbag2 recording cannot be opened, read or written as requested."""
