@@ -20,7 +20,7 @@ setup(
     description="Unsupervised multi-modal semantic segmentation (UniM2) for ROS 2",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["unim2_core", "unim2_ros", "unim2_train"],
+    packages=["unim2_core", "unim2_core.datasets", "unim2_ros", "unim2_train"],
     package_dir={"unim2_train": "train"},
     package_data={"unim2_core": ["py.typed"], "unim2_ros": ["py.typed"]},
     data_files=[
@@ -47,6 +47,7 @@ setup(
         "test": [
             *DEFAULT_BACKBONE,
             "onnxruntime>=1.17",
+            "pillow>=9",
             "hypothesis>=6",
             "pytest>=8",
             "ruff>=0.5",

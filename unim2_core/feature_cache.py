@@ -1,14 +1,17 @@
 """Feature cache: frozen-backbone features of every view of a split, computed once, on disk.
 
 The backbone is frozen and training uses no augmentation, so the features of every training
-view (and of every validation frame) never change: they are extracted once into fp16
-memory-mapped arrays and training then only touches the heads.
+view (and of every evaluation frame) never change: they are extracted once into fp16
+memory-mapped arrays, and training then only touches the heads.
 
-A cache directory is keyed by everything its content depends on (backbone identity including
-the weights hash, modality encodings, view settings, dataset and the exact frame list), so a
-cache made with another backbone or other settings is never reused: it simply lives elsewhere.
-Within a directory, ``meta.json`` is compared in full before reuse, and frames are marked done
-only after their rows are flushed, so an interrupted extraction resumes where it stopped.
+Layout: one directory per (backbone identity incl. weights hash, view settings, dataset, exact
+frame list), named by a digest of those, so a cache made with another backbone or other settings
+is never reused. Inside it, one memory map per modality and encoding
+(``<modality>-<digest>.npy``), so an RGB-only run reuses the RGB features of an RGB-D run, plus
+``labels.npy``. Each of these "entries" has per-rank progress masks (``.done-<rank>.npy``)
+written atomically after its rows are flushed, so an interrupted extraction resumes where it
+stopped; ``meta.json`` is compared in full before anything is reused.
+
 Extraction shards frames over processes (``torchrun``): rank r takes frames r, r+W, r+2W, ...
 and writes disjoint rows of the same memory maps.
 """
@@ -19,7 +22,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
@@ -42,8 +45,9 @@ from unim2_core.preprocess import (
     training_views,
 )
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 ViewKind = Literal["train", "paper", "full"]
+LABELS = "labels"
 
 
 class FrameSource(Protocol):
@@ -90,24 +94,50 @@ class ViewSpec:
 
 
 class FeatureStore(NamedTuple):
-    """An opened, complete cache of one split.
+    """An opened, complete cache of one split for a set of modalities.
 
     Attributes:
         path: Cache directory.
-        features: [V, M, C, h, w] float16 memory map (V = frames x views per frame).
-        labels: [V, Hl, Wl] uint8/uint16 memory map of the views' labels, or None.
+        modalities: Modality names in model order.
+        features: Modality name -> [V, C, h, w] float16 memory map (V = frames x views).
+        labels: [V, Hl, Wl] memory map of the views' labels, or None.
         stems: Frame stems; view v belongs to frame ``v // views_per_frame``.
         views_per_frame: Views per frame.
     """
 
     path: Path
-    features: np.ndarray
+    modalities: tuple[str, ...]
+    features: dict[str, np.ndarray]
     labels: np.ndarray | None
     stems: tuple[str, ...]
     views_per_frame: int
 
+    @property
+    def n_views(self) -> int:
+        """Number of cached views."""
+        return int(self.features[self.modalities[0]].shape[0])
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+    @property
+    def feature_size(self) -> tuple[int, int]:
+        """Feature map size (h, w)."""
+        shape = self.features[self.modalities[0]].shape
+        return int(shape[-2]), int(shape[-1])
+
+    def load(self, indices: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Rows ``indices`` (any order, repeats allowed) as float32 [B, M, C, h, w] on device."""
+        order = np.argsort(indices, kind="stable")
+        sorted_rows = indices[order]
+        per_modality = []
+        for name in self.modalities:
+            rows = np.empty((len(indices), *self.features[name].shape[1:]), dtype=np.float16)
+            rows[order] = self.features[name][sorted_rows]
+            per_modality.append(rows)
+        stacked = np.stack(per_modality, axis=1)  # [B, M, C, h, w]
+        return torch.from_numpy(stacked).to(device=device, dtype=torch.float32)
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write a file through a temporary file and a rename, so readers never see half of it."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as stream:
@@ -120,7 +150,8 @@ def _atomic_write_bytes(path: Path, payload: bytes) -> None:
         raise
 
 
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    """``np.save`` through a temporary file and a rename."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npy", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as stream:
@@ -129,6 +160,10 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _digest(value: object, length: int = 16) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:length]
 
 
 def _dist_ready() -> bool:
@@ -140,14 +175,51 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def entry_name(modality: str, encoding: ModalityEncoding) -> str:
+    """File stem of a modality's feature map: its name and a digest of its encoding."""
+    return f"{modality}-{_digest(encoding.to_dict(), 10)}"
+
+
+class _Entry(NamedTuple):
+    name: str  # file stem
+    modality: str | None  # None for labels
+
+
+def _load_done(directory: Path, entry: str, n_frames: int) -> np.ndarray:
+    done = np.zeros(n_frames, dtype=bool)
+    for path in directory.glob(f"{entry}.done-*.npy"):
+        try:
+            mask = np.load(path)
+        except (OSError, ValueError) as err:
+            raise CacheError(f"unreadable progress file {str(path)!r}: {err}") from err
+        if mask.shape != (n_frames,):
+            raise CacheError(
+                f"progress file {str(path)!r} has shape {mask.shape}, expected {n_frames}"
+            )
+        done |= mask
+    return done
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data
+
+
 def _frame_view(
-    group: Any, spec: ViewSpec, encodings: Mapping[str, ModalityEncoding]
+    group: Any, spec: ViewSpec, modalities: Sequence[str]
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    arrays = {name: group.arrays[name] for name in encodings if name in group.arrays}
-    labels = group.labels
+    missing = [m for m in modalities if m not in group.arrays]
+    if missing:
+        raise DataError(f"frame lacks modality {missing}")
+    arrays = {name: group.arrays[name] for name in modalities}
     if spec.kind == "paper":
-        return paper_protocol_view(arrays, labels, size=spec.size)
-    return arrays, labels
+        return paper_protocol_view(arrays, group.labels, size=spec.size)
+    return arrays, group.labels
 
 
 def _backbone_input(
@@ -157,7 +229,7 @@ def _backbone_input(
     patch_size: int,
     device: torch.device,
 ) -> torch.Tensor:
-    """One frame's backbone input [V * M, 3, h, w] for ``spec``."""
+    """One frame's backbone input [V * M, 3, h, w] for ``spec`` (M = len(encodings))."""
     encoded = encode_group(arrays, encodings)  # [M, H, W, 3]
     if spec.kind == "train":
         views = training_views(
@@ -186,73 +258,19 @@ def cache_directory(
     dataset_id: Mapping[str, object],
     stems: tuple[str, ...],
     backbone: Backbone,
-    encodings: Mapping[str, ModalityEncoding],
     spec: ViewSpec,
 ) -> tuple[Path, dict[str, Any]]:
     """The cache directory for these settings and the key metadata stored in it."""
     key = {
         "version": CACHE_VERSION,
         "backbone": backbone.identity.to_dict(),
-        "encodings": {name: enc.to_dict() for name, enc in encodings.items()},
         "view": spec.to_dict(),
         "dataset": dict(dataset_id),
         "stems_sha256": hashlib.sha256("\n".join(stems).encode()).hexdigest(),
         "n_frames": len(stems),
     }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     safe_split = "".join(c if c.isalnum() or c in "-_" else "_" for c in split_name)
-    return cache_root / f"{safe_split}-{spec.kind}-{digest}", key
-
-
-def _load_done(directory: Path, n_frames: int) -> np.ndarray:
-    done = np.zeros(n_frames, dtype=bool)
-    for path in directory.glob("done-*.npy"):
-        try:
-            mask = np.load(path)
-        except (OSError, ValueError) as err:
-            raise CacheError(f"unreadable progress file {str(path)!r}: {err}") from err
-        if mask.shape != (n_frames,):
-            raise CacheError(
-                f"progress file {str(path)!r} has shape {mask.shape}, expected {n_frames}"
-            )
-        done |= mask
-    return done
-
-
-def _read_meta(directory: Path) -> dict[str, Any] | None:
-    path = directory / "meta.json"
-    if not path.is_file():
-        return None
-    try:
-        meta: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return meta
-
-
-def _shapes(
-    source: FrameSource,
-    spec: ViewSpec,
-    encodings: Mapping[str, ModalityEncoding],
-    backbone: Backbone,
-) -> tuple[list[int], list[int] | None, str]:
-    """Feature and label shapes (and label dtype) of the whole split, from its first frame."""
-    arrays, labels = _frame_view(source[0], spec, encodings)
-    first = arrays["rgb"]
-    height, width = first.shape[:2]
-    patch = backbone.patch_size
-    if spec.kind == "train":
-        h = w = spec.size // patch
-        label_shape = [spec.size, spec.size]
-    else:
-        ph, pw = processing_size(height, width, shorter_side=spec.size, patch_size=patch)
-        h, w = ph // patch, pw // patch
-        label_shape = [height, width]
-    n_views = len(source) * spec.views_per_frame
-    features = [n_views, len(encodings), backbone.channels, h, w]
-    if labels is None:
-        return features, None, "uint8"
-    return features, [n_views, *label_shape], str(labels.dtype)
+    return cache_root / f"{safe_split}-{spec.kind}-{_digest(key)}", key
 
 
 def extract_features(
@@ -270,8 +288,9 @@ def extract_features(
 ) -> FeatureStore:
     """Extract (or reuse, or resume) the cached features of one split.
 
-    Safe to call from every rank of a ``torchrun`` job with the default process group
-    initialised: frames are sharded across ranks, and every rank returns the complete store.
+    Only the modalities (and labels) not cached yet are computed. Safe to call from every rank
+    of a ``torchrun`` job with the default process group initialised: frames are sharded
+    across ranks, and every rank returns the complete store.
 
     Args:
         source: The split's frames (each item has ``arrays`` and ``labels``).
@@ -302,17 +321,19 @@ def extract_features(
         dataset_id=dataset_id,
         stems=stems,
         backbone=backbone,
-        encodings=encodings,
         spec=spec,
     )
-    meta = _read_meta(directory)
-    if rank == 0 and (meta is None or meta.get("key") != key):
-        _create(directory, key, source, spec, encodings, backbone)
+    entries = [_Entry(entry_name(m, e), m) for m, e in encodings.items()]
+    if rank == 0:
+        _prepare(directory, key, source, spec, encodings, backbone, entries)
     _barrier()
-    meta = _read_meta(directory)
+    meta = _read_json(directory / "meta.json")
     if meta is None or meta.get("key") != key:
         raise CacheError(f"cache {str(directory)!r} was not created properly")
-    if not meta.get("complete"):
+    if meta["label_shape"] is not None:
+        entries.append(_Entry(LABELS, None))
+    pending = [e for e in entries if not _entry_meta(directory, e.name).get("complete")]
+    if pending:
         _fill(
             directory,
             meta,
@@ -320,6 +341,7 @@ def extract_features(
             spec,
             encodings,
             backbone,
+            pending,
             device,
             rank,
             world,
@@ -328,47 +350,88 @@ def extract_features(
         )
         _barrier()
         if rank == 0:
-            done = _load_done(directory, len(stems))
-            if not done.all():
-                raise CacheError(f"cache {str(directory)!r}: {int((~done).sum())} frames missing")
-            meta["complete"] = True
-            _atomic_write_bytes(directory / "meta.json", json.dumps(meta, indent=1).encode())
+            for entry in pending:
+                done = _load_done(directory, entry.name, len(stems))
+                if not done.all():
+                    raise CacheError(
+                        f"cache {str(directory)!r}: {int((~done).sum())} frames of "
+                        f"{entry.name} missing"
+                    )
+                info = _entry_meta(directory, entry.name)
+                info["complete"] = True
+                atomic_write_bytes(directory / f"{entry.name}.json", json.dumps(info).encode())
         _barrier()
-    return open_store(directory)
+    return open_store(directory, encodings)
 
 
-def _create(
+def _entry_meta(directory: Path, entry: str) -> dict[str, Any]:
+    return _read_json(directory / f"{entry}.json") or {}
+
+
+def _prepare(
     directory: Path,
     key: dict[str, Any],
     source: FrameSource,
     spec: ViewSpec,
     encodings: Mapping[str, ModalityEncoding],
     backbone: Backbone,
+    entries: list[_Entry],
 ) -> None:
-    """Start a fresh cache (discarding any stale content of the directory)."""
+    """Create the directory's metadata and the memory maps of entries that do not exist yet.
+
+    A directory whose ``meta.json`` does not match the key exactly is emptied and rebuilt.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    for stale in [*directory.glob("done-*.npy"), directory / "meta.json"]:
-        stale.unlink(missing_ok=True)
-    try:
-        feature_shape, label_shape, label_dtype = _shapes(source, spec, encodings, backbone)
-    except EncodingError as err:
-        raise DataError(f"frame {source.stems[0]!r}: {err}") from err
+    meta = _read_json(directory / "meta.json")
+    if meta is not None and meta.get("key") != key:
+        for stale in directory.iterdir():
+            if stale.is_file():
+                stale.unlink()
+        meta = None
+    if meta is None:
+        try:
+            arrays, labels = _frame_view(source[0], spec, list(encodings))
+        except DataError as err:
+            raise DataError(f"frame {source.stems[0]!r}: {err}") from err
+        height, width = arrays[next(iter(encodings))].shape[:2]
+        if spec.kind == "train":
+            feature_size = [spec.size // backbone.patch_size] * 2
+            label_size = [spec.size, spec.size]
+        else:
+            proc = processing_size(
+                height, width, shorter_side=spec.size, patch_size=backbone.patch_size
+            )
+            feature_size = [proc[0] // backbone.patch_size, proc[1] // backbone.patch_size]
+            label_size = [height, width]
+        n_views = len(source) * spec.views_per_frame
+        meta = {
+            "key": key,
+            "stems": list(source.stems),
+            "views_per_frame": spec.views_per_frame,
+            "feature_shape": [n_views, backbone.channels, *feature_size],
+            "label_shape": None if labels is None else [n_views, *label_size],
+            "label_dtype": None if labels is None else str(labels.dtype),
+        }
+        if labels is not None:
+            _create_entry(directory, LABELS, meta["label_shape"], meta["label_dtype"], {})
+        atomic_write_bytes(directory / "meta.json", json.dumps(meta, indent=1).encode())
+    for entry in entries:
+        if not (directory / f"{entry.name}.json").is_file():
+            encoding = encodings[entry.modality].to_dict() if entry.modality else {}
+            _create_entry(
+                directory, entry.name, meta["feature_shape"], "float16", {"encoding": encoding}
+            )
+
+
+def _create_entry(
+    directory: Path, name: str, shape: list[int], dtype: str, info: dict[str, Any]
+) -> None:
+    for stale in directory.glob(f"{name}.done-*.npy"):
+        stale.unlink()
     np.lib.format.open_memmap(
-        directory / "features.npy", mode="w+", dtype=np.float16, shape=tuple(feature_shape)
+        directory / f"{name}.npy", mode="w+", dtype=dtype, shape=tuple(shape)
     ).flush()
-    if label_shape is not None:
-        np.lib.format.open_memmap(
-            directory / "labels.npy", mode="w+", dtype=label_dtype, shape=tuple(label_shape)
-        ).flush()
-    meta = {
-        "key": key,
-        "stems": list(source.stems),
-        "feature_shape": feature_shape,
-        "label_shape": label_shape,
-        "views_per_frame": spec.views_per_frame,
-        "complete": False,
-    }
-    _atomic_write_bytes(directory / "meta.json", json.dumps(meta, indent=1).encode())
+    atomic_write_bytes(directory / f"{name}.json", json.dumps({**info, "complete": False}).encode())
 
 
 def _fill(
@@ -378,20 +441,20 @@ def _fill(
     spec: ViewSpec,
     encodings: Mapping[str, ModalityEncoding],
     backbone: Backbone,
+    pending: list[_Entry],
     device: torch.device,
     rank: int,
     world: int,
     batch_frames: int,
     progress: bool,
 ) -> None:
-    """Extract this rank's frames that are not done yet."""
-    n_frames = len(meta["stems"])
+    """Extract this rank's frames for the pending entries."""
+    stems = meta["stems"]
+    n_frames = len(stems)
     views = int(meta["views_per_frame"])
-    done = _load_done(directory, n_frames)
-    todo = [i for i in range(rank, n_frames, world) if not done[i]]
-    features = np.load(directory / "features.npy", mmap_mode="r+")
-    labels = np.load(directory / "labels.npy", mmap_mode="r+") if meta["label_shape"] else None
-    done_path = directory / f"done-{rank}.npy"
+    done = {e.name: _load_done(directory, e.name, n_frames) for e in pending}
+    maps = {e.name: np.load(directory / f"{e.name}.npy", mmap_mode="r+") for e in pending}
+    todo = [i for i in range(rank, n_frames, world) if not all(done[e.name][i] for e in pending)]
     bar = tqdm(
         total=len(todo),
         desc=f"features {directory.name}",
@@ -402,65 +465,83 @@ def _fill(
     with bar:
         for start in range(0, len(todo), batch_frames):
             chunk = todo[start : start + batch_frames]
-            inputs, chunk_labels = [], []
+            needed = [e for e in pending if e.modality and not all(done[e.name][i] for i in chunk)]
+            wants_labels = any(e.modality is None for e in pending)
+            sub = {e.modality: encodings[e.modality] for e in needed if e.modality}
+            inputs, frame_labels = [], []
             for index in chunk:
-                stem = meta["stems"][index]
                 try:
-                    arrays, frame_labels = _frame_view(source[index], spec, encodings)
-                    inputs.append(
-                        _backbone_input(arrays, spec, encodings, backbone.patch_size, device)
-                    )
+                    arrays, labels = _frame_view(source[index], spec, list(encodings))
+                    if sub:
+                        inputs.append(
+                            _backbone_input(arrays, spec, sub, backbone.patch_size, device)
+                        )
                 except (EncodingError, DataError) as err:
-                    raise DataError(f"frame {stem!r} of {directory.name}: {err}") from err
-                if labels is not None:
-                    if frame_labels is None:
-                        raise DataError(f"frame {stem!r} has no labels, others do")
-                    chunk_labels.append(_view_labels(frame_labels, spec))
-            with torch.no_grad():
-                out = backbone(torch.cat(inputs)).float()  # [F * V * M, C, h, w]
-            out = out.reshape(len(chunk), views, len(encodings), *out.shape[1:])
-            for j, index in enumerate(chunk):
-                rows = slice(index * views, (index + 1) * views)
-                if tuple(out[j].shape[2:]) != tuple(features.shape[3:]):
+                    raise DataError(f"frame {stems[index]!r} of {directory.name}: {err}") from err
+                if wants_labels:
+                    if labels is None:
+                        raise DataError(f"frame {stems[index]!r} has no labels, but others do")
+                    frame_labels.append(_view_labels(labels, spec))
+            if sub:
+                with torch.no_grad():
+                    out = backbone(torch.cat(inputs)).float()  # [F * V * m, C, h, w]
+                out = out.reshape(len(chunk), views, len(sub), *out.shape[1:]).cpu().numpy()
+                expected = tuple(maps[needed[0].name].shape[2:])
+                if tuple(out.shape[-2:]) != expected[-2:]:
                     raise DataError(
-                        f"frame {meta['stems'][index]!r} gives features {tuple(out[j].shape[2:])}, "
-                        f"expected {tuple(features.shape[3:])}: frames of a split must match"
+                        f"frames {[stems[i] for i in chunk]} give features of size "
+                        f"{tuple(out.shape[-2:])}, expected {expected[-2:]}: the frames of a split "
+                        "must share one size"
                     )
-                features[rows] = out[j].cpu().numpy().astype(np.float16)
-                if labels is not None:
-                    labels[rows] = chunk_labels[j]
-            features.flush()
-            if labels is not None:
-                labels.flush()
-            done[chunk] = True
-            _atomic_save_npy(done_path, done)
+                for k, entry in enumerate(needed):
+                    for j, index in enumerate(chunk):
+                        maps[entry.name][index * views : (index + 1) * views] = out[j, :, k]
+            if wants_labels:
+                for j, index in enumerate(chunk):
+                    maps[LABELS][index * views : (index + 1) * views] = frame_labels[j]
+            for entry in pending:
+                if entry.modality is None and not wants_labels:
+                    continue
+                if entry.modality is not None and entry not in needed:
+                    continue
+                maps[entry.name].flush()
+                done[entry.name][chunk] = True
+                atomic_save_npy(directory / f"{entry.name}.done-{rank}.npy", done[entry.name])
             bar.update(len(chunk))
 
 
-def open_store(directory: str | Path) -> FeatureStore:
-    """Open a complete cache directory read-only.
+def open_store(directory: str | Path, encodings: Mapping[str, ModalityEncoding]) -> FeatureStore:
+    """Open the complete entries of ``encodings`` (and labels) of a cache directory, read-only.
 
     Raises:
-        CacheError: the directory is missing, incomplete or inconsistent.
+        CacheError: the directory is missing, an entry is incomplete or inconsistent.
     """
     directory = Path(directory)
-    meta = _read_meta(directory)
+    meta = _read_json(directory / "meta.json")
     if meta is None:
         raise CacheError(f"no feature cache at {str(directory)!r}")
-    if not meta.get("complete"):
-        raise CacheError(f"feature cache {str(directory)!r} is incomplete")
+    features = {}
     try:
-        features = np.load(directory / "features.npy", mmap_mode="r")
-        labels = np.load(directory / "labels.npy", mmap_mode="r") if meta["label_shape"] else None
+        for modality, encoding in encodings.items():
+            name = entry_name(modality, encoding)
+            if not _entry_meta(directory, name).get("complete"):
+                raise CacheError(f"feature cache {str(directory)!r}: {name} is incomplete")
+            features[modality] = np.load(directory / f"{name}.npy", mmap_mode="r")
+            if list(features[modality].shape) != list(meta["feature_shape"]):
+                raise CacheError(
+                    f"feature cache {str(directory)!r}: {name}.npy has shape "
+                    f"{list(features[modality].shape)}, meta.json says {meta['feature_shape']}"
+                )
+        labels = None
+        if meta["label_shape"] is not None:
+            if not _entry_meta(directory, LABELS).get("complete"):
+                raise CacheError(f"feature cache {str(directory)!r}: labels are incomplete")
+            labels = np.load(directory / f"{LABELS}.npy", mmap_mode="r")
     except (OSError, ValueError) as err:
         raise CacheError(f"cannot open feature cache {str(directory)!r}: {err}") from err
-    if list(features.shape) != list(meta["feature_shape"]):
-        raise CacheError(
-            f"feature cache {str(directory)!r}: features.npy has shape {list(features.shape)}, "
-            f"meta.json says {meta['feature_shape']}"
-        )
     return FeatureStore(
         path=directory,
+        modalities=tuple(encodings),
         features=features,
         labels=labels,
         stems=tuple(meta["stems"]),

@@ -15,17 +15,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import yaml
-from torch import Tensor
 from tqdm import tqdm
 
 from unim2_core.backbone import Backbone, load_backbone
@@ -34,11 +33,10 @@ from unim2_core.config import TrainConfig, config_to_dict
 from unim2_core.datasets import DatasetInfo, FrameGroup, open_dataset
 from unim2_core.errors import ConfigError, DataError, TrainingError
 from unim2_core.feature_cache import FeatureStore, ViewSpec, extract_features
-from unim2_core.knn import cached_neighbours
 from unim2_core.loss import LossConfig, cmcs_loss
 from unim2_core.metrics import ConfusionMatrix, SegmentationScores, score
 from unim2_core.model import HeadsConfig, UniM2Heads
-from unim2_core.preprocess import PreprocessConfig, processing_size
+from unim2_core.preprocess import PreprocessConfig
 from unim2_core.segmenter import clusters_from_similarity, resolve_device
 
 STATE_FILE = "state.pt"
@@ -102,23 +100,34 @@ def open_splits(config: TrainConfig) -> Splits:
     if config.train.selection_split == "test":
         if test is None:
             raise ConfigError("train.selection_split is 'test' but dataset.test_split is null")
-        return Splits(train, test, f"{section.test_split} (selected on test)", test,
-                      section.test_split, train.info)
+        return Splits(
+            train,
+            test,
+            f"{section.test_split} (selected on test)",
+            test,
+            section.test_split,
+            train.info,
+        )
     if section.val_split:
-        return Splits(train, split(section.val_split), section.val_split, test,
-                      section.test_split, train.info)
+        return Splits(
+            train, split(section.val_split), section.val_split, test, section.test_split, train.info
+        )
     kept, held = holdout_split(len(train), section.holdout_fraction, config.train.seed)
     selection_name = f"{section.train_split} held-out {section.holdout_fraction:g}"
-    return Splits(FrameSubset(train, kept), FrameSubset(train, held), selection_name, test,
-                  section.test_split, train.info)
+    return Splits(
+        FrameSubset(train, kept),
+        FrameSubset(train, held),
+        selection_name,
+        test,
+        section.test_split,
+        train.info,
+    )
 
 
-@dataclass
-class TrainData:
-    """Cached features of a run."""
+class SplitStores(NamedTuple):
+    """Cached features of a run's splits (``test`` is None when it is the selection split)."""
 
     train: FeatureStore
-    neighbours: np.ndarray
     selection: FeatureStore
     test: FeatureStore | None
 
@@ -130,7 +139,7 @@ def eval_view(config: TrainConfig) -> ViewSpec:
     return ViewSpec("full", config.crops.shorter_side, interpolation=config.crops.interpolation)
 
 
-def prepare_data(
+def prepare_caches(
     config: TrainConfig,
     splits: Splits,
     backbone: Backbone,
@@ -138,8 +147,8 @@ def prepare_data(
     device: torch.device,
     cache_root: Path,
     progress: bool,
-) -> TrainData:
-    """Extract (or reuse) the feature caches of every split and the neighbour table."""
+) -> SplitStores:
+    """Extract (or reuse) the feature caches of every split (all ranks of a torchrun job)."""
     encodings = config.modalities
     dataset_id = {
         "kind": config.dataset.kind,
@@ -152,19 +161,22 @@ def prepare_data(
         five_crop=config.crops.five_crop,
         interpolation=config.crops.interpolation,
     )
-    common = {"dataset_id": dataset_id, "backbone": backbone, "encodings": encodings,
-              "cache_root": cache_root, "device": device, "progress": progress}
+    common = {
+        "dataset_id": dataset_id,
+        "backbone": backbone,
+        "encodings": encodings,
+        "cache_root": cache_root,
+        "device": device,
+        "progress": progress,
+    }
     train = extract_features(splits.train, split_name="train", spec=train_view, **common)
-    selection = extract_features(splits.selection, split_name="selection",
-                                 spec=eval_view(config), **common)
+    selection = extract_features(
+        splits.selection, split_name="selection", spec=eval_view(config), **common
+    )
     test = None
     if splits.test is not None and splits.test is not splits.selection:
         test = extract_features(splits.test, split_name="test", spec=eval_view(config), **common)
-    if train.features.shape[0] < 2:
-        raise DataError("training needs at least 2 views")
-    keep = min(config.loss.knn_keep, train.features.shape[0] - 1)
-    neighbours = cached_neighbours(train, keep=keep)
-    return TrainData(train=train, neighbours=neighbours, selection=selection, test=test)
+    return SplitStores(train=train, selection=selection, test=test)
 
 
 def batch_indices(step: int, *, n_views: int, batch_size: int, seed: int) -> np.ndarray:
@@ -178,15 +190,9 @@ def batch_indices(step: int, *, n_views: int, batch_size: int, seed: int) -> np.
     return np.asarray(out, dtype=np.int64)
 
 
-def load_features(store: FeatureStore, indices: np.ndarray, device: torch.device) -> Tensor:
-    """Rows of a feature store as float32 [B, M, C, h, w] on ``device``."""
-    order = np.argsort(indices)
-    rows = np.empty((len(indices), *store.features.shape[1:]), dtype=np.float16)
-    rows[order] = store.features[indices[order]]
-    return torch.from_numpy(rows).to(device=device, dtype=torch.float32)
-
-
-def build_heads(config: TrainConfig, channels: int, info: DatasetInfo | None, labelled: bool) -> UniM2Heads:
+def build_heads(
+    config: TrainConfig, channels: int, info: DatasetInfo | None, labelled: bool
+) -> UniM2Heads:
     """Heads for this config: K = model.n_clusters, or the number of classes when unset."""
     n_classes = len(info.class_names) if info is not None and labelled else None
     n_clusters = config.model.n_clusters or n_classes
@@ -219,7 +225,12 @@ class Evaluation(NamedTuple):
 
 @torch.no_grad()
 def evaluate_store(
-    heads: UniM2Heads, store: FeatureStore, *, patch_size: int, device: torch.device, chunk: int = 16
+    heads: UniM2Heads,
+    store: FeatureStore,
+    *,
+    patch_size: int,
+    device: torch.device,
+    chunk: int = 16,
 ) -> Evaluation:
     """Hungarian-matched metrics of the heads on a cached, labelled evaluation split.
 
@@ -233,13 +244,13 @@ def evaluate_store(
     n_clusters = heads.config.n_clusters
     n_classes = heads.config.n_classes
     label_size = tuple(store.labels.shape[1:])
-    feature_size = store.features.shape[-2:]
+    feature_size = store.feature_size
     proc = (feature_size[0] * patch_size, feature_size[1] * patch_size)
     confusion: ConfusionMatrix | None = None
     probe_confusion = None
-    for start in range(0, store.features.shape[0], chunk):
-        idx = np.arange(start, min(start + chunk, store.features.shape[0]))
-        features = load_features(store, idx, device)
+    for start in range(0, store.n_views, chunk):
+        idx = np.arange(start, min(start + chunk, store.n_views))
+        features = store.load(idx, device)
         labels = np.asarray(store.labels[idx])
         code = heads(features)
         clusters, _ = clusters_from_similarity(
@@ -251,7 +262,9 @@ def evaluate_store(
         confusion.update(clusters.cpu().numpy(), labels)
         if heads.linear_probe is not None and n_classes is not None:
             logits = heads.linear_probe(code)
-            predicted, _ = clusters_from_similarity(logits, processing_size=proc, output_size=label_size)
+            predicted, _ = clusters_from_similarity(
+                logits, processing_size=proc, output_size=label_size
+            )
             if probe_confusion is None:
                 probe_confusion = ConfusionMatrix(n_classes, n_classes)
             probe_confusion.update(predicted.cpu().numpy(), labels)
@@ -325,12 +338,20 @@ class Trainer:
             self.log_path.unlink(missing_ok=True)
         self.device = resolve_device(config.train.device)
         self.backbone = load_backbone(
-            config.backbone.name, config.backbone.weights, feature_layer=config.backbone.feature_layer
+            config.backbone.name,
+            config.backbone.weights,
+            feature_layer=config.backbone.feature_layer,
         ).to(self.device)
         self.splits = open_splits(config)
         cache_root = Path(config.cache_dir) if config.cache_dir else self.output_dir / "cache"
-        self.data = prepare_data(config, self.splits, self.backbone, device=self.device,
-                                 cache_root=cache_root, progress=progress)
+        self.data = prepare_caches(
+            config,
+            self.splits,
+            self.backbone,
+            device=self.device,
+            cache_root=cache_root,
+            progress=progress,
+        )
         self.labelled = self.data.selection.labels is not None
         self.loss_config = LossConfig(
             modalities=config.loss.modalities,
@@ -363,7 +384,7 @@ class Trainer:
     def _resume(self) -> None:
         try:
             state = torch.load(self.state_path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unreadable state is reported the same way
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
             raise TrainingError(
                 f"cannot resume from {str(self.state_path)!r}: {err}; pass --restart to start over"
             ) from err
@@ -414,18 +435,18 @@ class Trainer:
         self.heads.train()
         anchors = batch_indices(
             self.step,
-            n_views=data.train.features.shape[0],
+            n_views=data.train.n_views,
             batch_size=config.train.batch_size,
             seed=config.train.seed,
         )
         ranks = torch.randint(
-            min(config.loss.knn_neighbours, data.neighbours.shape[1]),
+            config.loss.knn_neighbours,
             (len(anchors),),
             generator=self.generator,
         ).numpy()
-        partners = data.neighbours[anchors, ranks]
-        feats = load_features(data.train, anchors, self.device)  # [B, M, C, h, w]
-        feats_knn = load_features(data.train, partners, self.device)
+        partners = self.neighbours[anchors, ranks]
+        feats = data.train.load(anchors, self.device)  # [B, M, C, h, w]
+        feats_knn = data.train.load(partners, self.device)
         code = self.heads(feats)  # [B, D, h, w]
         code_knn = self.heads(feats_knn)
         terms = cmcs_loss(
@@ -453,7 +474,10 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.head_params, config.train.grad_clip)
         self.optimizer.step()
         self.probe_optimizer.step()
-        record = {"loss": terms.total.item(), "cluster_loss": self.heads.cluster_probe.loss(code).item()}
+        record = {
+            "loss": terms.total.item(),
+            "cluster_loss": self.heads.cluster_probe.loss(code).item(),
+        }
         if linear_loss is not None:
             record["linear_loss"] = linear_loss.item()
         record.update({f"loss/{k}": v.item() for k, v in terms.terms.items()})
@@ -489,8 +513,14 @@ class Trainer:
             self.output_dir / "config.yaml", yaml.safe_dump(self.plain_config, sort_keys=False)
         )
         total = config.train.steps
-        bar = tqdm(total=total, initial=self.step, desc="train", unit="step",
-                   disable=not self.progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=total,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
         started = time.perf_counter()
         with bar:
             while self.step < total:
@@ -500,7 +530,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 if self.step % LOG_EVERY == 0 or self.step == total:
                     self._log({"step": self.step, "kind": "train", **record})
-                if self.labelled and (self.step % config.train.val_every == 0 or self.step == total):
+                if self.labelled and (
+                    self.step % config.train.val_every == 0 or self.step == total
+                ):
                     val = self._validate()
                     self._log({"kind": "val", **val})
                     bar.set_postfix(loss=f"{record['loss']:.4f}", miou=f"{val['miou']:.1f}")
@@ -513,7 +545,10 @@ class Trainer:
     def _finish(self, seconds: float) -> TrainResult:
         """Write the bundle of the selected heads, the final metrics and the plots."""
         final_heads = UniM2Heads(self.heads.config)
-        metrics: dict[str, Any] = {"steps": self.step, "train_seconds_this_session": round(seconds, 2)}
+        metrics: dict[str, Any] = {
+            "steps": self.step,
+            "train_seconds_this_session": round(seconds, 2),
+        }
         mapping = None
         if self.best is not None:
             final_heads.load_state_dict(self.best["heads"])
@@ -531,11 +566,16 @@ class Trainer:
             )
         else:
             final_heads.load_state_dict(self.heads.state_dict())
-            metrics["selection"] = {"split": None, "step": self.step, "note": "no labels: last step"}
+            metrics["selection"] = {
+                "split": None,
+                "step": self.step,
+                "note": "no labels: last step",
+            }
         final_heads.to(self.device)
         if self.data.test is not None and self.data.test.labels is not None:
-            test = evaluate_store(final_heads, self.data.test, patch_size=self.backbone.patch_size,
-                                  device=self.device)
+            test = evaluate_store(
+                final_heads, self.data.test, patch_size=self.backbone.patch_size, device=self.device
+            )
             metrics["test"] = {
                 "split": self.splits.test_name,
                 "miou": test.scores.miou,
