@@ -1,0 +1,342 @@
+"""A plain folder of aligned frames: the layout for your own data and for bag exports.
+
+Layout::
+
+    <root>/
+      rgb/<stem>.png              uint8 RGB image (.jpg / .jpeg also accepted); required
+      depth/<stem>.png            uint8 3-channel HHA image, or uint16 depth in millimetres
+      thermal/<stem>.png          uint8 or uint16 grey image
+      nir/<stem>.png              uint8 or uint16 grey image
+      aolp/<stem>.npy             float32 HxWx2: (sin, cos) of the angle of linear polarisation
+      dolp/<stem>.npy             float32 HxW degree of linear polarisation in [0, 1]
+      labels/<stem>.png           optional: uint8/uint16 class ids, ignore index (255) unlabelled
+      splits/<split>.txt          optional: one stem per line
+      dataset.yaml                optional: see below
+
+Files: one file per stem and folder; integer images are PNG (8 or 16 bit, lossless), float
+arrays are ``.npy``; any folder may hold ``.npy`` files whose arrays follow the modality's
+convention. A grey image (thermal, NIR) saved with three equal channels is read as one channel;
+``.npy`` AoLP / DoLP of another float type are converted to float32. Hidden files (names
+starting with ``.``) are ignored: :func:`write_frame_group` writes through them.
+
+Modalities: those requested, or by default every modality folder present (``rgb/`` required),
+in the order rgb, depth, thermal, nir, aolp, dolp. Other folders are ignored.
+
+Splits: ``splits/<split>.txt`` when it exists; every frame it lists needs a file in every
+requested modality folder. Without it, split "all" is every stem found in all requested
+modality folders (sorted); split "train" is the same when there is no ``splits/`` folder at all
+(so that "train" can never swallow frames listed for "val" or "test"); any other split without
+a list is an error.
+
+Labels: ``labels/<stem>.png`` is read when it exists (frames without one have no labels);
+labels need a ``dataset.yaml`` that names the classes, and hold ids 0..n_classes-1 or the
+ignore index.
+
+``dataset.yaml`` (all keys optional; any other key is an error)::
+
+    name: my_robot              # dataset name (default: the root folder's name)
+    class_names: [road, grass, tree]
+    palette: [[128, 64, 128], [0, 255, 0], [0, 128, 0]]   # RGB per class (default generated)
+    ignore_index: 255           # label value of unlabelled pixels; not a class id (default 255)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, TypedDict
+
+import numpy as np
+import yaml
+
+from unim2_core.datasets.base import (
+    IGNORE_INDEX,
+    MODALITIES,
+    DatasetInfo,
+    FrameGroup,
+    SplitReader,
+    assemble_group,
+    class_lookup,
+    default_palette,
+    index_directory,
+    read_split_list,
+    remap_labels,
+    select_modalities,
+)
+from unim2_core.errors import DataError
+from unim2_core.image_io import read_image, read_npy, rgb8, single_channel, write_npy, write_png
+
+DATASET_YAML = "dataset.yaml"
+LABELS_DIR = "labels"
+SPLITS_DIR = "splits"
+
+_IMAGE_SUFFIXES = (".png",)
+_RGB_SUFFIXES = (".png", ".jpg", ".jpeg")
+_ARRAY_SUFFIX = ".npy"
+_YAML_KEYS = ("name", "class_names", "palette", "ignore_index")
+_MAX_LABEL_VALUE = int(np.iinfo(np.uint16).max)
+
+
+class DatasetYaml(TypedDict, total=False):
+    """Parsed ``dataset.yaml``."""
+
+    name: str
+    class_names: list[str]
+    palette: list[list[int]]
+    ignore_index: int
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def load_dataset_yaml(path: Path) -> DatasetYaml:
+    """Read and validate a folder dataset's ``dataset.yaml``.
+
+    Raises:
+        DataError: The file is unreadable or not YAML, has an unknown key, or a value of the
+            wrong type or range; the message names the key.
+    """
+    try:
+        loaded: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read {str(path)!r}: {err}") from err
+    except yaml.YAMLError as err:
+        raise DataError(f"{str(path)!r} is not valid YAML: {err}") from err
+    if loaded is None:
+        return DatasetYaml()
+    if not isinstance(loaded, dict):
+        raise DataError(f"{str(path)!r} must hold a mapping of keys, got {type(loaded).__name__}")
+    unknown = [str(key) for key in loaded if key not in _YAML_KEYS]
+    if unknown:
+        raise DataError(
+            f"{str(path)!r}: unknown key {', '.join(map(repr, unknown))}; "
+            f"known keys: {', '.join(_YAML_KEYS)}"
+        )
+    parsed = DatasetYaml()
+    if "name" in loaded:
+        name = loaded["name"]
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"{str(path)!r}: key 'name' must be a non-empty string, got {name!r}")
+        parsed["name"] = name
+    if "class_names" in loaded:
+        names = loaded["class_names"]
+        if (
+            not isinstance(names, list)
+            or not names
+            or not all(isinstance(n, str) and n.strip() for n in names)
+        ):
+            raise DataError(
+                f"{str(path)!r}: key 'class_names' must be a non-empty list of non-empty "
+                f"strings, got {names!r}"
+            )
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise DataError(f"{str(path)!r}: key 'class_names' repeats {', '.join(repeated)}")
+        parsed["class_names"] = list(names)
+    n_classes = len(parsed.get("class_names", []))
+    if "palette" in loaded:
+        palette = loaded["palette"]
+        if "class_names" not in parsed:
+            raise DataError(f"{str(path)!r}: key 'palette' needs key 'class_names'")
+        if not isinstance(palette, list) or len(palette) != n_classes:
+            raise DataError(
+                f"{str(path)!r}: key 'palette' must list one colour per class "
+                f"({n_classes}), got {palette!r}"
+            )
+        for index, colour in enumerate(palette):
+            if not (
+                isinstance(colour, list)
+                and len(colour) == 3
+                and all(_is_int(c) and 0 <= c <= 255 for c in colour)
+            ):
+                raise DataError(
+                    f"{str(path)!r}: key 'palette' entry {index} must be 3 integers in "
+                    f"0..255, got {colour!r}"
+                )
+        parsed["palette"] = [list(colour) for colour in palette]
+    if "ignore_index" in loaded:
+        ignore = loaded["ignore_index"]
+        if not _is_int(ignore) or not n_classes <= ignore <= _MAX_LABEL_VALUE:
+            raise DataError(
+                f"{str(path)!r}: key 'ignore_index' must be an integer in "
+                f"{n_classes}..{_MAX_LABEL_VALUE} (not a class id), got {ignore!r}"
+            )
+        parsed["ignore_index"] = ignore
+    return parsed
+
+
+def _suffixes(modality: str) -> tuple[str, ...]:
+    return (*(_RGB_SUFFIXES if modality == "rgb" else _IMAGE_SUFFIXES), _ARRAY_SUFFIX)
+
+
+def _read_array(modality: str, path: Path) -> np.ndarray:
+    """Read one modality file and bring it to the modality's raw convention."""
+    if path.suffix.lower() == _ARRAY_SUFFIX:
+        array = read_npy(path)
+        if modality in ("aolp", "dolp") and np.issubdtype(array.dtype, np.floating):
+            return array.astype(np.float32, copy=False)
+        return array
+    image = read_image(path)
+    if modality == "rgb":
+        return rgb8(image, source=path)
+    if modality in ("thermal", "nir"):
+        return single_channel(image, source=path)
+    return image
+
+
+class FolderDataset(SplitReader):
+    """Reader of the plain folder layout described in the module docstring."""
+
+    OPTIONS: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        split: str,
+        modalities: Sequence[str] | None = None,
+    ) -> None:
+        """Open one split.
+
+        Args:
+            root: The folder (layout in the module docstring).
+            split: A name with a ``splits/<split>.txt``, or "all" (or "train" when there is
+                no ``splits/`` folder) for every complete frame.
+            modalities: Modalities to read, "rgb" included; None for every modality folder.
+
+        Raises:
+            DataError: Missing ``rgb/``, split list, modality folder or file, an unknown
+                modality, an invalid ``dataset.yaml``, or labels without class names.
+        """
+        self.root = Path(root)
+        self.split = split
+        if not self.root.is_dir():
+            raise DataError(f"missing dataset folder {str(self.root)!r}")
+        present = tuple(name for name in MODALITIES if (self.root / name).is_dir())
+        if "rgb" not in present:
+            raise DataError(f"missing directory {str(self.root / 'rgb')!r}")
+        modalities = select_modalities(modalities, present, dataset=f"folder {str(self.root)!r}")
+        self._files = {
+            name: index_directory(self.root / name, _suffixes(name)) for name in modalities
+        }
+        self.stems = self._split_stems(modalities)
+
+        label_dir = self.root / LABELS_DIR
+        self._labels = index_directory(label_dir, (".png",)) if label_dir.is_dir() else {}
+        config_path = self.root / DATASET_YAML
+        config = load_dataset_yaml(config_path) if config_path.is_file() else DatasetYaml()
+        class_names = tuple(config.get("class_names", ()))
+        if self._labels and not class_names:
+            raise DataError(
+                f"{str(label_dir)!r} holds labels but no class names are given: add "
+                f"'class_names' to {str(config_path)!r}"
+            )
+        if "palette" in config:
+            palette = np.array(config["palette"], dtype=np.uint8).reshape(-1, 3)
+        else:
+            palette = default_palette(len(class_names))
+        ignore_index = config.get("ignore_index", IGNORE_INDEX)
+        self._label_lookup = class_lookup(len(class_names), ignore_index)
+        self.info = DatasetInfo(
+            name=config.get("name", self.root.resolve().name),
+            modalities=modalities,
+            class_names=class_names,
+            palette=palette,
+            ignore_index=ignore_index,
+        )
+
+    def _split_stems(self, modalities: tuple[str, ...]) -> tuple[str, ...]:
+        splits_dir = self.root / SPLITS_DIR
+        list_path = splits_dir / f"{self.split}.txt"
+        if list_path.is_file() or not (
+            self.split == "all" or (self.split == "train" and not splits_dir.exists())
+        ):
+            stems = read_split_list(list_path)
+            for stem in stems:
+                for name in modalities:
+                    if stem not in self._files[name]:
+                        raise DataError(
+                            f"missing file for frame {stem!r} in {str(self.root / name)!r} "
+                            f"(frame listed in {str(list_path)!r})"
+                        )
+            return stems
+        complete = set(self._files["rgb"])
+        for name in modalities[1:]:
+            complete &= set(self._files[name])
+        if not complete:
+            raise DataError(
+                f"no frame of {str(self.root)!r} has a file in every folder of "
+                f"{', '.join(modalities)}"
+            )
+        return tuple(sorted(complete))
+
+    def _read_frame(self, stem: str) -> FrameGroup:
+        sources: dict[str, Path] = {name: self._files[name][stem] for name in self.info.modalities}
+        arrays = {name: _read_array(name, path) for name, path in sources.items()}
+        labels = None
+        label_path = self._labels.get(stem)
+        if label_path is not None:
+            sources["labels"] = label_path
+            raw = single_channel(read_image(label_path), source=label_path)
+            n_classes = len(self.info.class_names)
+            labels = remap_labels(
+                raw,
+                self._label_lookup,
+                source=label_path,
+                expected=f"class ids 0..{n_classes - 1} or {self.info.ignore_index} (ignore)",
+            )
+        return assemble_group(stem, arrays, labels, sources=sources)
+
+
+def _check_stem(stem: str) -> None:
+    if (
+        not stem
+        or stem.startswith(".")
+        or any(char in stem for char in "/\\")
+        or any(char.isspace() for char in stem)
+    ):
+        raise DataError(
+            f"frame stem {stem!r} cannot name a file in the folder layout: it must be "
+            "non-empty, without '/', '\\' or whitespace, and not start with '.'"
+        )
+
+
+def write_frame_group(root: Path, group: FrameGroup) -> None:
+    """Write one frame group into the folder layout (the module docstring's).
+
+    Each file is written to a hidden temporary file and renamed into place, so a reader never
+    sees a partial file. Labels are written first and RGB last; an interrupted call can leave
+    some of the frame's files, but the frame then lacks ``rgb/`` and is not yet a complete
+    frame for split "all". Existing files of the same stem are replaced.
+
+    Args:
+        root: The dataset folder (created if needed).
+        group: Frame to write; arrays follow the raw conventions, labels are 2-D uint8/uint16.
+
+    Raises:
+        DataError: The stem cannot be a file name, a modality is unknown or an array breaks
+            its convention, sizes differ, or a file cannot be written.
+    """
+    _check_stem(group.stem)
+    if "rgb" not in group.arrays:
+        raise DataError(f"frame {group.stem!r} has no 'rgb' array")
+    sources = {name: f"frame {group.stem!r} {name}" for name in group.arrays}
+    if group.labels is not None:
+        labels = group.labels
+        if labels.ndim != 2 or labels.dtype not in (np.uint8, np.uint16):
+            raise DataError(
+                f"frame {group.stem!r} labels are {labels.dtype} {labels.shape}; "
+                "expected 2-D uint8 or uint16"
+            )
+        sources["labels"] = f"frame {group.stem!r} labels"
+    assemble_group(group.stem, group.arrays, group.labels, sources=sources)
+
+    if group.labels is not None:
+        write_png(root / LABELS_DIR / f"{group.stem}.png", group.labels)
+    for name in sorted(group.arrays, key=lambda modality: modality == "rgb"):
+        array = group.arrays[name]
+        if np.issubdtype(array.dtype, np.floating):
+            write_npy(root / name / f"{group.stem}{_ARRAY_SUFFIX}", array)
+        else:
+            write_png(root / name / f"{group.stem}.png", array)
