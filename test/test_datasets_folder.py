@@ -33,6 +33,10 @@ def _array(modality: str, variant: str, seed: int = 0) -> np.ndarray:
         return rgb
     if modality == "depth" and variant == "hha":
         return rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    if modality in ("depth", "thermal", "nir") and variant == "float32":
+        values = rng.uniform(0.3, 9.0, (H, W)).astype(np.float32)
+        values[0, 0] = np.nan  # 32FC1 depth marks invalid pixels with NaN
+        return values
     if modality in ("depth", "thermal", "nir"):
         dtype = np.uint8 if variant == "uint8" else np.uint16
         return rng.integers(0, np.iinfo(dtype).max + 1, (H, W), dtype=dtype)
@@ -46,8 +50,10 @@ ROUND_TRIPS = [
     ("rgb", "uint8"),
     ("depth", "hha"),
     ("depth", "uint16"),
+    ("depth", "float32"),
     ("thermal", "uint8"),
     ("thermal", "uint16"),
+    ("thermal", "float32"),
     ("nir", "uint8"),
     ("nir", "uint16"),
     ("aolp", "float32"),

@@ -108,11 +108,11 @@ def validate_modality_array(modality: str, array: np.ndarray, *, source: str | P
         expected = "uint8 HxWx3 RGB"
     elif modality == "depth":
         hha = dtype == np.uint8 and array.ndim == 3 and shape[2] == 3
-        ok = hha or (dtype == np.uint16 and array.ndim == 2)
-        expected = "uint8 HxWx3 HHA or uint16 HxW millimetres"
+        ok = hha or (dtype in (np.uint16, np.float32) and array.ndim == 2)
+        expected = "uint8 HxWx3 HHA, uint16 HxW millimetres or float32 HxW metres"
     elif modality in ("thermal", "nir"):
-        ok = dtype in (np.uint8, np.uint16) and array.ndim == 2
-        expected = "uint8 or uint16 HxW"
+        ok = dtype in (np.uint8, np.uint16, np.float32) and array.ndim == 2
+        expected = "uint8, uint16 or float32 HxW"
     elif modality == "aolp":
         ok = dtype == np.float32 and array.ndim == 3 and shape[2] == 2
         expected = "float32 HxWx2 (sin, cos)"

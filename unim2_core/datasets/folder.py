@@ -5,8 +5,9 @@ Layout::
     <root>/
       rgb/<stem>.png              uint8 RGB image (.jpg / .jpeg also accepted); required
       depth/<stem>.png            uint8 3-channel HHA image, or uint16 depth in millimetres
-      thermal/<stem>.png          uint8 or uint16 grey image
-      nir/<stem>.png              uint8 or uint16 grey image
+      depth/<stem>.npy            or float32 depth in metres (NaN = invalid), as 32FC1 topics
+      thermal/<stem>.png          uint8 or uint16 grey image (.npy: float32, e.g. degrees)
+      nir/<stem>.png              uint8 or uint16 grey image (.npy: float32)
       aolp/<stem>.npy             float32 HxWx2: (sin, cos) of the angle of linear polarisation
       dolp/<stem>.npy             float32 HxW degree of linear polarisation in [0, 1]
       labels/<stem>.png           optional: uint8/uint16 class ids, ignore index (255) unlabelled
