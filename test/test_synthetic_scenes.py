@@ -109,10 +109,9 @@ def test_depth_is_plausible_and_zero_only_where_invalid() -> None:
     valid = depth[depth > 0]
     assert valid.min() >= 300 and valid.max() <= 9500
     assert 0.001 < (depth == 0).mean() < 0.1
-    # Depth 0 marks an invalid return, never a near surface: the true depth around holes is
-    # well above the sensor minimum.
     labels = np.stack([f.labels for f in frames])
     assert (labels[depth == 0] != IGNORE_LABEL).any()  # dropouts hit labelled surfaces too
+    assert (labels[depth > 0] != IGNORE_LABEL).mean() > 0.9
 
 
 def test_level_camera_sees_floor_below_and_ceiling_above_the_horizon() -> None:
@@ -246,3 +245,10 @@ def test_render_noise_is_small_and_textures_stay_put() -> None:
 def test_generate_sequence_rejects_bad_arguments(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         generate_sequence(**kwargs)  # type: ignore[arg-type]
+
+
+def test_render_view_rejects_tiny_images() -> None:
+    room = _room(0)
+    with pytest.raises(ValueError, match="image size"):
+        render_view(room, room.camera_pose(0.0), width=4, height=64,
+                    rng=np.random.default_rng(0))

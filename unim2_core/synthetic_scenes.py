@@ -60,7 +60,8 @@ CLASS_NAMES: tuple[str, ...] = (
 FLOOR, WALL, CEILING, TABLE, CABINET, SOFA, BOX, PAINTING = range(len(CLASS_NAMES))
 
 IGNORE_LABEL = 255
-"""Label of pixels that belong to no class (windows: the view outside has no geometry)."""
+"""Label of pixels that belong to no class: windows (the view outside; no depth return either)
+and doors."""
 
 PALETTE: npt.NDArray[np.uint8] = np.array(
     [
@@ -1012,9 +1013,10 @@ def _floor_material(rng: np.random.Generator, b: _Builder) -> int:
 def random_room(rng: np.random.Generator) -> Room:
     """Build a random furnished room and the camera path through it.
 
-    The room type (living room, bedroom or office) decides the furniture list; every type has
-    at least one table, cabinet, sofa or bed, box and painting when they fit. One or two objects
-    per room are camouflaged against a wall.
+    The room type (living room, bedroom or office) decides the furniture list. Besides it, every
+    room gets boxes, paintings, maybe windows, a door and a rug, and two or three camouflaged
+    objects (box stacks or a sideboard) against walls of the common wall material. Pieces that do
+    not fit are left out.
 
     Args:
         rng: source of all randomness; the same generator state gives the same room.
@@ -1034,7 +1036,7 @@ def random_room(rng: np.random.Generator) -> Room:
     shell_faces[4], shell_faces[5] = (floor, False), (ceiling, False)
     b.box((lx / 2, ly / 2, size[2] / 2), (lx / 2, ly / 2, size[2] / 2), WALL, walls[0],
           faces=shell_faces, world_texture=True)
-    b.prims[0]["face_class"] = [WALL] * 4 + [FLOOR, CEILING]
+    b.prims[0]["face_class"] = [WALL] * 4 + [FLOOR, CEILING]  # the shell: faces differ in class
 
     wood_tex = _tex_wood(rng, _wood_colour(rng))
     paint_tex = _tex_paint(rng, _hsv(rng.uniform(), rng.uniform(0, 0.3), rng.uniform(0.2, 0.95)))
@@ -1299,7 +1301,11 @@ def render_view(
         rng: source of sensor noise.
         stamp_ns: time stamp stored in the frame.
         room_index: room number stored in the frame.
+
+    Raises:
+        ValueError: the image is smaller than 8 x 8 pixels.
     """
+    _check_size(width, height)
     rays, ray_norm, vignette = _camera_rays(width, height)
     k = camera_matrix(width, height)
     rot = _rotation(pose).astype(np.float32)
@@ -1399,6 +1405,11 @@ def render_view(
     )
 
 
+def _check_size(width: int, height: int) -> None:
+    if width < 8 or height < 8:
+        raise ValueError(f"image size must be at least 8x8, got {width!r}x{height!r}")
+
+
 def generate_sequence(
     n_frames: int,
     *,
@@ -1429,8 +1440,7 @@ def generate_sequence(
     """
     if n_frames < 0:
         raise ValueError(f"n_frames must be >= 0, got {n_frames!r}")
-    if width < 8 or height < 8:
-        raise ValueError(f"image size must be at least 8x8, got {width!r}x{height!r}")
+    _check_size(width, height)
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed!r}")
     if frames_per_room < 1:
