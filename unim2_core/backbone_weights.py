@@ -165,7 +165,9 @@ class BackboneArch:
 
         Returns a ``DINOv3ViTModel`` or ``Dinov2Model``. Skipping the random initialisation
         saves seconds for ViT-L; ``device="meta"`` gives a model without storage, used to read
-        the expected parameter names and shapes.
+        the expected parameter names and shapes. As in transformers' ``from_pretrained``, the
+        skip disables ``torch.nn.init`` process-wide while the model is built: do not build
+        other modules in other threads at the same moment.
         """
         config = self.transformers_config()
         model: nn.Module
