@@ -32,7 +32,7 @@ setup(
     install_requires=[
         "numpy>=1.24",
         "torch>=2.4",
-        "transformers>=4.56",
+        "transformers>=5",
         "safetensors>=0.4",
         "pyyaml>=6",
         "opencv-python-headless>=4.8",

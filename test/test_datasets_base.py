@@ -25,15 +25,23 @@ H, W = 24, 32
 
 VALID_ARRAYS: dict[str, list[np.ndarray]] = {
     "rgb": [np.zeros((H, W, 3), np.uint8)],
-    "depth": [np.zeros((H, W, 3), np.uint8), np.zeros((H, W), np.uint16)],
-    "thermal": [np.zeros((H, W), np.uint8), np.zeros((H, W), np.uint16)],
-    "nir": [np.zeros((H, W), np.uint8), np.zeros((H, W), np.uint16)],
+    "depth": [
+        np.zeros((H, W, 3), np.uint8),
+        np.zeros((H, W), np.uint16),
+        np.zeros((H, W), np.float32),
+    ],
+    "thermal": [
+        np.zeros((H, W), np.uint8),
+        np.zeros((H, W), np.uint16),
+        np.zeros((H, W), np.float32),
+    ],
+    "nir": [np.zeros((H, W), np.uint8), np.zeros((H, W), np.uint16), np.zeros((H, W), np.float32)],
     "aolp": [np.zeros((H, W, 2), np.float32)],
     "dolp": [np.full((H, W), 0.5, np.float32)],
 }
 INVALID_ARRAYS: dict[str, np.ndarray] = {
     "rgb": np.zeros((H, W, 3), np.float32),
-    "depth": np.zeros((H, W), np.float32),
+    "depth": np.zeros((H, W), np.float64),
     "thermal": np.zeros((H, W, 3), np.uint8),
     "nir": np.zeros((H, W), np.int32),
     "aolp": np.zeros((H, W, 3), np.float32),
