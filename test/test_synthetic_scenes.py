@@ -90,8 +90,7 @@ def test_shorter_sequence_is_prefix_of_longer_one() -> None:
 
 
 def test_rooms_change_every_frames_per_room_and_stamps_follow_fps() -> None:
-    frames = _frames(5, width=64, height=48, seed=0, frames_per_room=2, fps=12.5,
-                     start_ns=1_000)
+    frames = _frames(5, width=64, height=48, seed=0, frames_per_room=2, fps=12.5, start_ns=1_000)
     assert [f.room_index for f in frames] == [0, 0, 1, 1, 2]
     assert [f.stamp_ns for f in frames] == [1_000 + i * 80_000_000 for i in range(5)]
 
@@ -123,8 +122,7 @@ def test_level_camera_sees_floor_below_and_ceiling_above_the_horizon() -> None:
         room = _room(seed)
         for yaw in np.linspace(0, 2 * math.pi, 4, endpoint=False):
             pose = _level_pose(room, float(yaw))
-            f = render_view(room, pose, width=width, height=height,
-                            rng=np.random.default_rng(0))
+            f = render_view(room, pose, width=width, height=height, rng=np.random.default_rng(0))
             floor, ceiling = f.labels == FLOOR, f.labels == CEILING
             assert (rows[floor] > k[1, 2]).all()
             assert (rows[ceiling] < k[1, 2]).all()
@@ -173,8 +171,9 @@ def test_consecutive_frames_are_similar_and_rooms_differ() -> None:
     within = [mad(frames[i], frames[i + 1]) for i in (0, 1, 2, 4, 5, 6)]
     across = [mad(frames[i], frames[j]) for i in range(4) for j in range(4, 8)]
     assert max(within) < 0.5 * min(across)
-    depth_step = [np.abs(frames[i].depth_mm.astype(float) - frames[i + 1].depth_mm).mean()
-                  for i in (0, 1, 2)]
+    depth_step = [
+        np.abs(frames[i].depth_mm.astype(float) - frames[i + 1].depth_mm).mean() for i in (0, 1, 2)
+    ]
     assert max(depth_step) < 250  # mm, mean over pixels (holes included)
 
 
@@ -250,5 +249,4 @@ def test_generate_sequence_rejects_bad_arguments(kwargs: dict[str, object], matc
 def test_render_view_rejects_tiny_images() -> None:
     room = _room(0)
     with pytest.raises(ValueError, match="image size"):
-        render_view(room, room.camera_pose(0.0), width=4, height=64,
-                    rng=np.random.default_rng(0))
+        render_view(room, room.camera_pose(0.0), width=4, height=64, rng=np.random.default_rng(0))

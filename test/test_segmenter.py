@@ -1,0 +1,217 @@
+"""Segmenter: raw robot-unit arrays -> label maps, on real frames with the real default backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import make_bundle
+
+from unim2_core.backbone import Backbone, load_backbone
+from unim2_core.checkpoint import ClassMapping, save_bundle
+from unim2_core.encoding import ModalityEncoding
+from unim2_core.errors import BackboneError, CheckpointError, EncodingError
+from unim2_core.segmenter import Segmenter, clusters_from_similarity, distinct_palette
+
+RGBD = {"rgb": ModalityEncoding.default("rgb"), "depth": ModalityEncoding.default("depth")}
+RGBT = {"rgb": ModalityEncoding.default("rgb"), "thermal": ModalityEncoding.default("thermal")}
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="module")
+def nyu_frame(sample_data: Path) -> dict[str, np.ndarray]:
+    root = sample_data / "nyu_rgbd_sample"
+    depth = cv2.imread(str(root / "depth_mm" / "0003.png"), cv2.IMREAD_UNCHANGED)
+    assert depth.dtype == np.uint16
+    return {"rgb": _read_rgb(root / "rgb" / "0003.png"), "depth": depth}
+
+
+@pytest.fixture(scope="module")
+def msrs_frame(sample_data: Path) -> dict[str, np.ndarray]:
+    root = sample_data / "msrs_rgbt_sample"
+    thermal = cv2.imread(str(root / "thermal" / "00004N.png"), cv2.IMREAD_UNCHANGED)
+    assert thermal.dtype == np.uint8 and thermal.ndim == 2
+    return {"rgb": _read_rgb(root / "rgb" / "00004N.png"), "thermal": thermal}
+
+
+def _centroids_from_pixels(segmenter: Segmenter, frame: dict[str, np.ndarray]) -> None:
+    """Place the centroids on the codes of spread-out pixels, so several clusters occur."""
+    code = segmenter.code(frame)[0]  # [D, h, w]
+    _, h, w = code.shape
+    picks = [((7 * i + 1) % h, (11 * i + 2) % w) for i in range(segmenter.heads.config.n_clusters)]
+    with torch.no_grad():
+        for k, (y, x) in enumerate(picks):
+            segmenter.heads.cluster_probe.centroids[k] = code[:, y, x]
+
+
+def test_segments_real_nyu_rgbd_frame(
+    imgfocus_backbone: Backbone, nyu_frame: dict[str, np.ndarray]
+) -> None:
+    segmenter = Segmenter(
+        make_bundle(imgfocus_backbone, RGBD, n_clusters=6), imgfocus_backbone, device="cpu"
+    )
+    _centroids_from_pixels(segmenter, nyu_frame)
+    result = segmenter(nyu_frame, with_confidence=True)
+    assert result.labels.shape == (480, 640) and result.labels.dtype == np.uint8
+    assert result.labels.max() < 6 and len(np.unique(result.labels)) > 1
+    assert result.confidence is not None and result.confidence.shape == (480, 640)
+    assert result.confidence.dtype == np.float32 and float(result.confidence.max()) <= 1.0 + 1e-5
+    again = segmenter(nyu_frame)
+    np.testing.assert_array_equal(again.labels, result.labels)
+
+
+def test_segments_real_msrs_rgbt_frame(
+    imgfocus_backbone: Backbone, msrs_frame: dict[str, np.ndarray]
+) -> None:
+    segmenter = Segmenter(
+        make_bundle(imgfocus_backbone, RGBT, n_clusters=4), imgfocus_backbone, device="cpu"
+    )
+    labels = segmenter(msrs_frame).labels
+    assert labels.shape == msrs_frame["rgb"].shape[:2] and labels.max() < 4
+    np.testing.assert_array_equal(segmenter(msrs_frame).labels, labels)
+
+
+def test_depth_in_metres_gives_the_same_labels_as_millimetres(
+    imgfocus_backbone: Backbone, nyu_frame: dict[str, np.ndarray]
+) -> None:
+    segmenter = Segmenter(make_bundle(imgfocus_backbone, RGBD), imgfocus_backbone, device="cpu")
+    metres = nyu_frame["depth"].astype(np.float32) / 1000.0
+    metres[nyu_frame["depth"] == 0] = np.nan
+    np.testing.assert_array_equal(
+        segmenter({"rgb": nyu_frame["rgb"], "depth": metres}).labels, segmenter(nyu_frame).labels
+    )
+
+
+def test_inference_never_runs_the_harmoniser(
+    imgfocus_backbone: Backbone, nyu_frame: dict[str, np.ndarray]
+) -> None:
+    segmenter = Segmenter(make_bundle(imgfocus_backbone, RGBD), imgfocus_backbone, device="cpu")
+    calls: list[str] = []
+    for name, module in segmenter.heads.harmonisers.items():
+        module.register_forward_hook(lambda *_, n=name: calls.append(n))
+    assert list(segmenter.heads.harmonisers) == ["depth"]
+    segmenter(nyu_frame)
+    assert calls == []
+
+
+def test_class_mapping_turns_clusters_into_class_ids(
+    imgfocus_backbone: Backbone, nyu_frame: dict[str, np.ndarray]
+) -> None:
+    mapping = ClassMapping(
+        (1, 0, -1, 2, -1), ("wall", "floor", "bed"), np.eye(3, dtype=np.uint8) * 200
+    )
+    bundle = make_bundle(imgfocus_backbone, RGBD, n_clusters=5, class_mapping=mapping)
+    mapped = Segmenter(bundle, imgfocus_backbone, device="cpu")
+    raw = Segmenter(bundle, imgfocus_backbone, device="cpu", apply_mapping=False)
+    clusters = raw(nyu_frame).labels
+    lookup = np.array([1, 0, 3, 2, 4])  # unmatched clusters 2 and 4 get ids 3 and 4
+    np.testing.assert_array_equal(mapped(nyu_frame).labels, lookup[clusters])
+    names = [info.name for info in mapped.labels_table]
+    assert names == ["wall", "floor", "bed", "cluster_2", "cluster_4"]
+    assert mapped.labels_table[0].color == (200, 0, 0)
+    assert [info.name for info in raw.labels_table] == [f"cluster_{k}" for k in range(5)]
+
+
+def test_more_than_255_labels_use_uint16(
+    imgfocus_backbone: Backbone, nyu_frame: dict[str, np.ndarray]
+) -> None:
+    segmenter = Segmenter(
+        make_bundle(imgfocus_backbone, RGBD, n_clusters=300), imgfocus_backbone, device="cpu"
+    )
+    assert segmenter(nyu_frame).labels.dtype == np.uint16
+
+
+def test_odd_input_sizes_come_back_at_input_resolution(
+    imgfocus_backbone: Backbone, nyu_frame: dict[str, np.ndarray]
+) -> None:
+    segmenter = Segmenter(
+        make_bundle(imgfocus_backbone, RGBD), imgfocus_backbone, device="cpu", shorter_side=100
+    )
+    odd = {k: v[:479, :637] for k, v in nyu_frame.items()}
+    assert segmenter.processing_size(479, 637) == (98, 126)
+    assert segmenter(odd).labels.shape == (479, 637)
+
+
+def test_bf16_precision_runs_on_cpu_and_mostly_agrees(
+    imgfocus_weights: Path, nyu_frame: dict[str, np.ndarray]
+) -> None:
+    backbone = load_backbone("dinov2_vits14", imgfocus_weights)
+    bundle = make_bundle(backbone, RGBD)
+    fp32 = Segmenter(bundle, backbone, device="cpu")(nyu_frame).labels
+    backbone16 = load_backbone("dinov2_vits14", imgfocus_weights)
+    bf16 = Segmenter(bundle, backbone16, device="cpu", precision="bf16")(nyu_frame).labels
+    assert (bf16 == fp32).mean() > 0.8
+
+
+def test_bad_frames_are_refused_with_a_reason(
+    imgfocus_backbone: Backbone, nyu_frame: dict[str, np.ndarray]
+) -> None:
+    segmenter = Segmenter(make_bundle(imgfocus_backbone, RGBD), imgfocus_backbone, device="cpu")
+    with pytest.raises(EncodingError, match=r"lacks modality \['depth'\]"):
+        segmenter({"rgb": nyu_frame["rgb"]})
+    with pytest.raises(EncodingError, match="rgb 480x640, depth 240x320"):
+        segmenter({"rgb": nyu_frame["rgb"], "depth": nyu_frame["depth"][::2, ::2]})
+    with pytest.raises(EncodingError, match="no valid pixel"):
+        segmenter({"rgb": nyu_frame["rgb"], "depth": np.zeros_like(nyu_frame["depth"])})
+
+
+def test_options_are_validated(imgfocus_backbone: Backbone) -> None:
+    bundle = make_bundle(imgfocus_backbone, RGBD)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Segmenter(bundle, imgfocus_backbone, precision="int8")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="device must be one of"):
+        Segmenter(bundle, imgfocus_backbone, device="tpu")  # type: ignore[arg-type]
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            Segmenter(bundle, imgfocus_backbone, device="cuda")
+
+
+def test_from_files_loads_bundle_and_checks_the_backbone(
+    imgfocus_backbone: Backbone,
+    imgfocus_weights: Path,
+    tmp_path: Path,
+    nyu_frame: dict[str, np.ndarray],
+) -> None:
+    bundle = make_bundle(imgfocus_backbone, RGBD)
+    path = save_bundle(bundle, tmp_path / "model.unim2.pt")
+    segmenter = Segmenter.from_files(path, imgfocus_weights, device="cpu")
+    assert segmenter.backbone.identity == imgfocus_backbone.identity
+    np.testing.assert_array_equal(
+        segmenter(nyu_frame).labels,
+        Segmenter(bundle, imgfocus_backbone, device="cpu")(nyu_frame).labels,
+    )
+    with pytest.raises(BackboneError, match=r"not found.*nope\.safetensors"):
+        Segmenter.from_files(path, tmp_path / "nope.safetensors")
+    wrong = bundle.backbone._replace(weights_sha256="0" * 64)
+    bundle.backbone = wrong
+    other = save_bundle(bundle, tmp_path / "other.unim2.pt")
+    with pytest.raises(CheckpointError, match="backbone mismatch in weights_sha256"):
+        Segmenter.from_files(other, imgfocus_weights, device="cpu")
+
+
+def test_clusters_from_similarity_upsamples_then_uses_nearest() -> None:
+    similarity = torch.full((1, 2, 2, 2), 0.5)
+    similarity[0, 1] = 0.0
+    similarity[0, 1, 0, 0] = 1.0  # only the top-left feature cell prefers cluster 1
+    clusters, best = clusters_from_similarity(
+        similarity, processing_size=(4, 4), output_size=(8, 8)
+    )
+    # Bilinear 2 -> 4 weights the top-left cell by 1, 0.75, 0.25, 0 along each axis: cluster 1
+    # wins where the product exceeds 0.5, the 2 x 2 top-left block, i.e. 4 x 4 output pixels.
+    expected = torch.zeros(8, 8, dtype=torch.long)
+    expected[:4, :4] = 1
+    torch.testing.assert_close(clusters[0], expected)
+    assert best[0, 0, 0].item() == pytest.approx(1.0) and best[0, 7, 7].item() == pytest.approx(0.5)
+
+
+def test_distinct_palette_is_deterministic_and_distinct() -> None:
+    palette = distinct_palette(30)
+    assert palette.shape == (30, 3) and palette.dtype == np.uint8
+    assert len({tuple(c) for c in palette}) == 30
+    np.testing.assert_array_equal(distinct_palette(30), palette)
