@@ -33,6 +33,7 @@ from unim2_core.config import TrainConfig, config_to_dict
 from unim2_core.datasets import DatasetInfo, FrameGroup, open_dataset
 from unim2_core.errors import ConfigError, DataError, TrainingError
 from unim2_core.feature_cache import FeatureStore, ViewSpec, extract_features
+from unim2_core.knn import cached_neighbours
 from unim2_core.loss import LossConfig, cmcs_loss
 from unim2_core.metrics import ConfusionMatrix, SegmentationScores, score
 from unim2_core.model import HeadsConfig, UniM2Heads
@@ -352,6 +353,9 @@ class Trainer:
             cache_root=cache_root,
             progress=progress,
         )
+        if self.data.train.n_views < 2:
+            raise DataError("training needs at least 2 views")
+        self.neighbours = cached_neighbours(self.data.train, keep=config.loss.knn_keep)
         self.labelled = self.data.selection.labels is not None
         self.loss_config = LossConfig(
             modalities=config.loss.modalities,
