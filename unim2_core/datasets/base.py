@@ -5,9 +5,9 @@ Every reader yields :class:`FrameGroup` records whose arrays follow one conventi
 
 ========  ==========================================================================
 rgb       uint8 HxWx3, RGB order
-depth     uint8 HxWx3 precomputed HHA image, or uint16 HxW millimetres (0 = invalid)
-thermal   uint8 or uint16 HxW
-nir       uint8 or uint16 HxW
+depth     uint8 HxWx3 HHA image, uint16 HxW millimetres (0 = invalid) or float32 HxW metres
+thermal   uint8, uint16 or float32 HxW
+nir       uint8, uint16 or float32 HxW
 aolp      float32 HxWx2: (sin, cos) of the angle of linear polarisation
 dolp      float32 HxW in [0, 1] (NaN allowed, meaning invalid)
 ========  ==========================================================================
