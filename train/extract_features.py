@@ -13,8 +13,8 @@ import argparse
 from pathlib import Path
 
 import torch.distributed as dist
-from unim2_core.backbone import load_backbone
 
+from unim2_core.backbone import load_backbone
 from unim2_core.config import load_config
 from unim2_core.distributed import init_from_environment, shutdown
 from unim2_core.knn import cached_neighbours

@@ -51,14 +51,16 @@ def nearest_neighbours(descriptors: torch.Tensor, *, keep: int, chunk: int = 102
 def cached_neighbours(store: FeatureStore, *, keep: int, modality: str = "rgb") -> np.ndarray:
     """The store's neighbour table by ``modality`` features, computed once and saved beside them."""
     features = store.features[modality]
-    path = Path(store.path) / f"knn-{Path(features.filename).stem}-{keep}.npy"
+    entry = Path(str(getattr(features, "filename", modality))).stem
+    path = Path(store.path) / f"knn-{entry}-{keep}.npy"
     if path.is_file():
         try:
             table = np.load(path)
         except (OSError, ValueError) as err:
             raise CacheError(f"unreadable neighbour table {str(path)!r}: {err}") from err
         if table.shape == (store.n_views, keep):
-            return table
+            cached: np.ndarray = table
+            return cached
     table = nearest_neighbours(pooled_descriptors(features), keep=keep)
     atomic_save_npy(path, table)
     return table

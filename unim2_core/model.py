@@ -175,7 +175,8 @@ class ConvFusion(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         batch, modalities, channels, height, width = features.shape
-        return self.net(features.reshape(batch, modalities * channels, height, width))
+        fused: Tensor = self.net(features.reshape(batch, modalities * channels, height, width))
+        return fused
 
 
 class ProgressiveFusion(nn.Module):
@@ -198,7 +199,8 @@ class ProgressiveFusion(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         batch, modalities, channels, height, width = features.shape
-        return self.net(features.reshape(batch, modalities * channels, height, width))
+        fused: Tensor = self.net(features.reshape(batch, modalities * channels, height, width))
+        return fused
 
 
 class ElementwiseFusion(nn.Module):
@@ -229,7 +231,8 @@ class SegmentationHead(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         features = self.dropout(features)
-        return self.linear(features) + self.nonlinear(features)
+        code: Tensor = self.linear(features) + self.nonlinear(features)
+        return code
 
 
 class Harmoniser(nn.Module):
@@ -246,7 +249,8 @@ class Harmoniser(nn.Module):
         )
 
     def forward(self, code: Tensor) -> Tensor:
-        return self.net(code)
+        out: Tensor = self.net(code)
+        return out
 
 
 class ClusterProbe(nn.Module):
@@ -283,7 +287,8 @@ class LinearProbe(nn.Module):
         self.classifier = _conv1x1(code_dim, n_classes)
 
     def forward(self, code: Tensor) -> Tensor:
-        return self.classifier(code)
+        logits: Tensor = self.classifier(code)
+        return logits
 
     def loss(self, code: Tensor, labels: Tensor, *, ignore_index: int = 255) -> Tensor:
         """Cross-entropy at label resolution; the code is detached and bilinearly upsampled."""

@@ -187,7 +187,8 @@ def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     height, width = array.shape[:2]
     rows = np.minimum(((np.arange(size[0]) + 0.5) * height / size[0]).astype(np.int64), height - 1)
     cols = np.minimum(((np.arange(size[1]) + 0.5) * width / size[1]).astype(np.int64), width - 1)
-    return array[rows[:, None], cols[None, :]]
+    resized: np.ndarray = array[rows[:, None], cols[None, :]]
+    return resized
 
 
 def label_views(labels: np.ndarray, *, crop_size: int, five_crop: bool = True) -> np.ndarray:

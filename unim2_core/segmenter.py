@@ -223,26 +223,26 @@ class Segmenter:
         return SegmentationResult(labels=labels, confidence=confidence)
 
 
+def _rgb(color: np.ndarray) -> tuple[int, int, int]:
+    return int(color[0]), int(color[1]), int(color[2])
+
+
 def _label_table(bundle: Bundle, *, apply_mapping: bool) -> tuple[list[LabelInfo], np.ndarray]:
     """Output label ids with names and colours, and the cluster -> output id lookup."""
     n_clusters = bundle.heads_config.n_clusters
     mapping = bundle.class_mapping
     if mapping is None or not apply_mapping:
         palette = distinct_palette(n_clusters)
-        table = [
-            LabelInfo(k, f"cluster_{k}", tuple(int(c) for c in palette[k]))  # type: ignore[misc]
-            for k in range(n_clusters)
-        ]
+        table = [LabelInfo(k, f"cluster_{k}", _rgb(palette[k])) for k in range(n_clusters)]
         return table, np.arange(n_clusters, dtype=np.int64)
     table = [
-        LabelInfo(i, name, tuple(int(c) for c in mapping.palette[i]))  # type: ignore[misc]
-        for i, name in enumerate(mapping.class_names)
+        LabelInfo(i, name, _rgb(mapping.palette[i])) for i, name in enumerate(mapping.class_names)
     ]
     unmatched = [k for k, c in enumerate(mapping.cluster_to_class) if c < 0]
     extra = distinct_palette(len(mapping.class_names) + len(unmatched))[len(mapping.class_names) :]
     lookup = np.asarray(mapping.cluster_to_class, dtype=np.int64)
     for j, cluster in enumerate(unmatched):
         label_id = len(table)
-        table.append(LabelInfo(label_id, f"cluster_{cluster}", tuple(int(c) for c in extra[j])))  # type: ignore[misc]
+        table.append(LabelInfo(label_id, f"cluster_{cluster}", _rgb(extra[j])))
         lookup[cluster] = label_id
     return table, lookup

@@ -12,6 +12,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -162,28 +163,27 @@ def prepare_caches(
         five_crop=config.crops.five_crop,
         interpolation=config.crops.interpolation,
     )
-    common = {
-        "dataset_id": dataset_id,
-        "backbone": backbone,
-        "encodings": encodings,
-        "cache_root": cache_root,
-        "device": device,
-        "progress": progress,
-    }
-    train = extract_features(splits.train, split_name="train", spec=train_view, **common)
-    selection = extract_features(
-        splits.selection, split_name="selection", spec=eval_view(config), **common
+    extract = functools.partial(
+        extract_features,
+        dataset_id=dataset_id,
+        backbone=backbone,
+        encodings=encodings,
+        cache_root=cache_root,
+        device=device,
+        progress=progress,
     )
+    train = extract(splits.train, split_name="train", spec=train_view)
+    selection = extract(splits.selection, split_name="selection", spec=eval_view(config))
     test = None
     if splits.test is not None and splits.test is not splits.selection:
-        test = extract_features(splits.test, split_name="test", spec=eval_view(config), **common)
+        test = extract(splits.test, split_name="test", spec=eval_view(config))
     return SplitStores(train=train, selection=selection, test=test)
 
 
 def batch_indices(step: int, *, n_views: int, batch_size: int, seed: int) -> np.ndarray:
     """The anchor views of ``step``: consecutive slices of per-epoch seeded permutations."""
     start = step * batch_size
-    out = []
+    out: list[int] = []
     while len(out) < batch_size:
         epoch, offset = divmod(start + len(out), n_views)
         perm = np.random.default_rng([seed, epoch]).permutation(n_views)
@@ -473,7 +473,7 @@ class Trainer:
             raise TrainingError(f"loss became {terms.total.item()} at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
         self.probe_optimizer.zero_grad(set_to_none=True)
-        (terms.total + probe_loss).backward()
+        (terms.total + probe_loss).backward()  # type: ignore[no-untyped-call]
         if config.train.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.head_params, config.train.grad_clip)
         self.optimizer.step()
