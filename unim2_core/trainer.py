@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import yaml
+from torch import Tensor
 from tqdm import tqdm
 
 from unim2_core.backbone import Backbone, load_backbone
@@ -434,6 +435,10 @@ class Trainer:
         with self.log_path.open("a", encoding="utf-8") as stream:
             stream.write(json.dumps(record) + "\n")
 
+    def batch_features(self, views: np.ndarray) -> Tensor:
+        """Frozen features of training views [B, M, C, h, w], read from the cache."""
+        return self.data.train.load(views, self.device)
+
     def _train_step(self) -> dict[str, float]:
         config, data = self.config, self.data
         self.heads.train()
@@ -449,8 +454,8 @@ class Trainer:
             generator=self.generator,
         ).numpy()
         partners = self.neighbours[anchors, ranks]
-        feats = data.train.load(anchors, self.device)  # [B, M, C, h, w]
-        feats_knn = data.train.load(partners, self.device)
+        feats = self.batch_features(anchors)  # [B, M, C, h, w]
+        feats_knn = self.batch_features(partners)
         code = self.heads(feats)  # [B, D, h, w]
         code_knn = self.heads(feats_knn)
         terms = cmcs_loss(
