@@ -1,0 +1,293 @@
+"""``unim2_import_bag``: turn a robot's rosbag2 recording into training data in one command.
+
+    unim2_import_bag my_bags/run1 --out data/my_robot \\
+        --topic rgb=/camera/color/image_raw --topic depth=/camera/depth/image_rect_raw
+
+Reads the named Image topics (sqlite3 or MCAP bag), groups them with the node's approximate-time
+synchroniser and writes each group into the plain folder layout of
+``unim2_core.datasets.folder`` as frame ``<group index>_<rgb stamp ns>`` (e.g.
+``000123_1700000012300000000``), so a training config with ``dataset.kind: folder`` reads it.
+
+The group index counts every synchronised group of the bag, also those ``--every`` skips, so a
+frame keeps its stem whatever the subsampling. Each file is written atomically: an interrupted
+import keeps the frames already written, and running it again overwrites the same stems with
+the same content. ``--split NAME`` writes ``splits/NAME.txt`` listing the frames of this run.
+
+Messages that cannot be decoded are skipped and counted (a warning lists them); a named topic
+missing from the bag, or of another type than sensor_msgs/msg/Image, is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import yaml
+from tqdm import tqdm
+
+from unim2_core.datasets.base import FrameGroup
+from unim2_core.datasets.folder import (
+    DATASET_YAML,
+    SPLITS_DIR,
+    load_dataset_yaml,
+    write_frame_group,
+)
+from unim2_core.errors import DataError
+from unim2_ros.bag_io import (
+    DEFAULT_QUEUE_SIZE,
+    DEFAULT_SLOP,
+    MODALITY_ENCODINGS,
+    BagReader,
+    FrameStats,
+)
+
+from .cli import run_cli
+
+_LISTED_SKIPS = 5
+
+
+class ImportSummary(NamedTuple):
+    """What an import wrote.
+
+    Attributes:
+        stems: Frames written, in bag order.
+        stats: What the bag reader did with each topic's messages.
+    """
+
+    stems: tuple[str, ...]
+    stats: FrameStats
+
+
+def import_bag(
+    bag: Path,
+    out: Path,
+    topics: Mapping[str, str],
+    *,
+    label_topic: str | None = None,
+    class_names: Sequence[str] | None = None,
+    queue_size: int = DEFAULT_QUEUE_SIZE,
+    slop: float = DEFAULT_SLOP,
+    every: int = 1,
+    split: str | None = None,
+    progress: bool = False,
+) -> ImportSummary:
+    """Write every ``every``-th synchronised frame group of ``bag`` into the folder ``out``.
+
+    Args:
+        bag: rosbag2 folder, ``.db3`` or ``.mcap``.
+        out: Dataset folder (created if needed; existing frames of other stems are kept).
+        topics: Modality -> Image topic, "rgb" required.
+        label_topic: Image topic of class ids, written to ``labels/``.
+        class_names: Names of the label ids, written to ``dataset.yaml`` (needed with
+            labels unless ``out/dataset.yaml`` already names the classes).
+        queue_size: Synchroniser queue size per topic.
+        slop: Largest stamp spread of a group, in seconds.
+        every: Keep one group in ``every``.
+        split: Write ``splits/<split>.txt`` listing the frames written.
+        progress: Show a progress bar on stderr.
+
+    Raises:
+        ValueError: ``every`` below 1, or a topic mapping or synchroniser argument the bag
+            reader refuses.
+        BagError: The bag cannot be read or lacks a named topic.
+        DataError: Class names missing or disagreeing with ``dataset.yaml``, no group found,
+            frames whose modalities differ in size, or a file that cannot be written.
+    """
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every!r}")
+    with BagReader(bag) as reader:
+        stream = reader.frame_groups(
+            topics, label_topic=label_topic, queue_size=queue_size, slop=slop
+        )
+        if label_topic is not None or class_names is not None:
+            _prepare_dataset_yaml(out, class_names)
+        rgb_count = reader.info.topics[topics["rgb"]].message_count
+        stems: list[str] = []
+        groups = tqdm(stream, total=rgb_count, unit="group", disable=not progress)
+        for index, frame in enumerate(groups):
+            if index % every:
+                continue
+            stem = f"{index:06d}_{frame.stamp_ns}"
+            write_frame_group(out, FrameGroup(stem, frame.arrays, frame.labels))
+            stems.append(stem)
+        stats = stream.stats()
+    if not stems:
+        counts = ", ".join(f"{topic}: {n}" for topic, n in stats.received.items())
+        raise DataError(
+            f"no synchronised frame group in bag {str(bag)!r} (messages read per topic: "
+            f"{counts}); check the topics and try a larger slop than {slop} s"
+        )
+    if split is not None:
+        _write_text(out / SPLITS_DIR / f"{split}.txt", "".join(f"{s}\n" for s in stems))
+    return ImportSummary(tuple(stems), stats)
+
+
+def _prepare_dataset_yaml(out: Path, class_names: Sequence[str] | None) -> None:
+    """Make sure ``out/dataset.yaml`` names the label classes, writing it when absent."""
+    path = out / DATASET_YAML
+    existing = load_dataset_yaml(path) if path.is_file() else None
+    if class_names is None:
+        if existing is None or "class_names" not in existing:
+            raise DataError(
+                f"labels need class names: pass --class-names or list class_names in {str(path)!r}"
+            )
+        return
+    if existing is not None:
+        if existing.get("class_names") != list(class_names):
+            raise DataError(
+                f"class names {list(class_names)} disagree with {str(path)!r} "
+                f"({existing.get('class_names')}); fix or remove that file"
+            )
+        return
+    names = list(class_names)
+    if not names or not all(name for name in names) or len(set(names)) != len(names):
+        raise DataError(f"class names must be non-empty and distinct, got {names}")
+    _write_text(path, yaml.safe_dump({"class_names": names}, sort_keys=False))
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` through a hidden temporary file renamed into place (no partial file)."""
+    temp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp.write_text(text, encoding="utf-8")
+        os.replace(temp, path)
+    except OSError as err:
+        temp.unlink(missing_ok=True)
+        raise DataError(f"cannot write {str(path)!r}: {err}") from err
+
+
+def _format_summary(
+    summary: ImportSummary, bag: Path, out: Path, topics: Mapping[str, str], split: str | None
+) -> str:
+    stats = summary.stats
+    lines = [
+        f"wrote {len(summary.stems)} of {stats.groups} synchronised frame groups from "
+        f"{str(bag)!r} into {str(out)!r}" + (f", listed in split {split!r}" if split else "")
+    ]
+    roles = {topic: role for role, topic in topics.items()}
+    for topic, received in stats.received.items():
+        role = roles.get(topic, "labels")
+        lines.append(
+            f"  {role:8s} {topic}: {received} messages, {stats.dropped[topic]} not in a group"
+        )
+    return "\n".join(lines)
+
+
+def _format_skipped(stats: FrameStats) -> str:
+    skipped = stats.skipped
+    lines = [f"WARNING: skipped {len(skipped)} undecodable message(s):"]
+    lines += [
+        f"  {item.topic} at {item.timestamp_ns} ns: {item.reason}"
+        for item in skipped[:_LISTED_SKIPS]
+    ]
+    if len(skipped) > _LISTED_SKIPS:
+        lines.append(f"  ... and {len(skipped) - _LISTED_SKIPS} more")
+    return "\n".join(lines)
+
+
+def _topic_argument(text: str) -> tuple[str, str]:
+    name, sep, topic = text.partition("=")
+    if not sep or not name or not topic:
+        raise argparse.ArgumentTypeError(f"expected MODALITY=TOPIC, got {text!r}")
+    if name not in MODALITY_ENCODINGS:
+        raise argparse.ArgumentTypeError(
+            f"unknown modality {name!r}; readable from Image topics: "
+            f"{', '.join(MODALITY_ENCODINGS)}"
+        )
+    return name, topic
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, import the bag and print a summary."""
+    parser = argparse.ArgumentParser(prog="unim2_import_bag", description=__doc__.split("\n")[0])
+    parser.add_argument("bag", type=Path, help="rosbag2 folder, .db3 or .mcap file")
+    parser.add_argument("--out", required=True, type=Path, help="dataset folder to write")
+    parser.add_argument(
+        "--topic",
+        dest="topics",
+        action="append",
+        required=True,
+        type=_topic_argument,
+        metavar="MODALITY=TOPIC",
+        help="an Image topic per modality, e.g. rgb=/camera/color/image_raw (repeatable; "
+        "rgb required)",
+    )
+    parser.add_argument("--labels", metavar="TOPIC", help="Image topic of class ids")
+    parser.add_argument(
+        "--class-names",
+        type=lambda text: [name.strip() for name in text.split(",")],
+        metavar="A,B,...",
+        help="comma-separated names of the label ids, for dataset.yaml",
+    )
+    parser.add_argument(
+        "--slop",
+        type=_positive_float,
+        default=DEFAULT_SLOP,
+        help="largest stamp spread within a group, seconds (default %(default)s)",
+    )
+    parser.add_argument(
+        "--queue-size",
+        type=_positive_int,
+        default=DEFAULT_QUEUE_SIZE,
+        help="synchroniser queue per topic (default %(default)s)",
+    )
+    parser.add_argument("--every", type=_positive_int, default=1, help="keep every N-th group")
+    parser.add_argument("--split", help="write splits/SPLIT.txt listing the imported frames")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    topics = dict(args.topics)
+    if len(topics) != len(args.topics):
+        parser.error("each modality may be given one --topic")
+    if "rgb" not in topics:
+        parser.error("an rgb topic is required: --topic rgb=TOPIC")
+    if args.class_names is not None and args.labels is None:
+        parser.error("--class-names needs --labels")
+
+    def body() -> int:
+        summary = import_bag(
+            args.bag,
+            args.out,
+            topics,
+            label_topic=args.labels,
+            class_names=args.class_names,
+            queue_size=args.queue_size,
+            slop=args.slop,
+            every=args.every,
+            split=args.split,
+            progress=not args.no_progress,
+        )
+        print(_format_summary(summary, args.bag, args.out, topics, args.split))
+        if summary.stats.skipped:
+            print(_format_skipped(summary.stats), file=sys.stderr)
+        return 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
