@@ -38,7 +38,7 @@ setup(
         "opencv-python-headless>=4.8",
         "scipy>=1.10",
         "tqdm>=4.60",
-        "rosbags>=0.10",
+        "rosbags>=0.11",
     ],
     extras_require={
         "ros": ROS_WHEELS,

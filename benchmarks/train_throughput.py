@@ -61,20 +61,21 @@ class RecomputingTrainer(Trainer):
 
     def batch_features(self, views: np.ndarray) -> Tensor:
         crops = self.config.crops
-        per_view = []
+        pixels = []
         for view in views.tolist():
             frame, crop = divmod(view, self.data.train.views_per_frame)
             group = self.splits.train[frame]
             encoded = encode_group(group.arrays, self.config.modalities)  # [M, H, W, 3]
             top, left, h, w = view_boxes(*encoded.shape[1:3], five_crop=crops.five_crop)[crop]
             size = shorter_side_size(h, w, crops.crop_size)
-            pixels = to_backbone_batch(
+            batch = to_backbone_batch(
                 encoded[:, top : top + h, left : left + w], size, device=self.device
             )
             y0, x0 = centre_crop_box(size[0], size[1], crops.crop_size)
-            pixels = pixels[:, :, y0 : y0 + crops.crop_size, x0 : x0 + crops.crop_size]
-            per_view.append(self.backbone(pixels))  # [M, C, h, w]
-        return torch.stack(per_view).float()
+            pixels.append(batch[:, :, y0 : y0 + crops.crop_size, x0 : x0 + crops.crop_size])
+        stacked = torch.stack(pixels)  # [B, M, 3, S, S]
+        features = self.backbone(stacked.flatten(0, 1))  # one batch: [B * M, C, h, w]
+        return features.reshape(*stacked.shape[:2], *features.shape[1:]).float()
 
 
 def time_steps(trainer: Trainer, steps: int) -> float:
@@ -139,9 +140,8 @@ def main() -> None:
         print(f"training {args.steps} steps (measured, incl. validation): {train_s / 60:8.1f} min")
     else:
         train_s = cached * args.steps
-        print(
-            f"training {args.steps} steps (extrapolated from {args.measure_steps}): {train_s / 60:8.1f} min"
-        )
+        note = f"extrapolated from {args.measure_steps}"
+        print(f"training {args.steps} steps ({note}): {train_s / 60:8.1f} min")
     print(
         f"default-length run: extraction {extract_s / 60:.1f} min + training {train_s / 60:.1f} min"
     )
