@@ -20,7 +20,6 @@ missing from the bag, or of another type than sensor_msgs/msg/Image, is an error
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import NamedTuple
 import yaml
 from tqdm import tqdm
 
+from unim2_core.atomic import atomic_write_text
 from unim2_core.datasets.base import FrameGroup
 from unim2_core.datasets.folder import (
     DATASET_YAML,
@@ -150,14 +150,9 @@ def _prepare_dataset_yaml(out: Path, class_names: Sequence[str] | None) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` through a hidden temporary file renamed into place (no partial file)."""
-    temp = path.with_name(f".{path.name}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp.write_text(text, encoding="utf-8")
-        os.replace(temp, path)
+        atomic_write_text(path, text)
     except OSError as err:
-        temp.unlink(missing_ok=True)
         raise DataError(f"cannot write {str(path)!r}: {err}") from err
 
 

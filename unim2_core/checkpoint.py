@@ -10,9 +10,7 @@ weights is an error that says which field differs.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from unim2_core.atomic import atomic_output
 from unim2_core.backbone import BackboneIdentity
 from unim2_core.encoding import ModalityEncoding
 from unim2_core.errors import BackboneError, CheckpointError, ConfigError
@@ -282,15 +281,11 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     """Write the bundle atomically (temporary file + rename) and return its path."""
     path = Path(path)
     data = bundle.to_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as stream:
+        with atomic_output(path) as stream:
             torch.save(data, stream)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as err:
+        raise CheckpointError(f"cannot write checkpoint {str(path)!r}: {err}") from err
     return path
 
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from unim2_core.atomic import atomic_output, atomic_write_bytes
 from unim2_core.backbone import Backbone
 from unim2_core.encoding import ModalityEncoding
 from unim2_core.errors import CacheError, DataError, EncodingError
@@ -136,30 +135,10 @@ class FeatureStore(NamedTuple):
         return torch.from_numpy(stacked).to(device=device, dtype=torch.float32)
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write a file through a temporary file and a rename, so readers never see half of it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """``np.save`` through a temporary file and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            np.save(stream, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``np.save`` through the atomic writer."""
+    with atomic_output(path) as stream:
+        np.save(stream, array)
 
 
 def _digest(value: object, length: int = 16) -> str:

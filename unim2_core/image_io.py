@@ -10,13 +10,12 @@ of ``None``.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from unim2_core.atomic import atomic_write_bytes
 from unim2_core.errors import DataError
 
 _PNG_DTYPES = (np.uint8, np.uint16)
@@ -108,20 +107,9 @@ def rgb8(image: np.ndarray, *, source: Path) -> np.ndarray:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, then rename it over ``path``."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-        )
+        atomic_write_bytes(path, data)
     except OSError as err:
-        raise DataError(f"cannot create {str(path)!r}: {err}") from err
-    try:
-        with os.fdopen(handle, "wb") as temp:
-            temp.write(data)
-        os.replace(temp_name, path)
-    except OSError as err:
-        Path(temp_name).unlink(missing_ok=True)
         raise DataError(f"cannot write {str(path)!r}: {err}") from err
 
 

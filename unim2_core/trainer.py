@@ -15,9 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import pickle
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,6 +27,7 @@ import yaml
 from torch import Tensor
 from tqdm import tqdm
 
+from unim2_core.atomic import atomic_output, atomic_write_text
 from unim2_core.backbone import Backbone, load_backbone
 from unim2_core.checkpoint import Bundle, ClassMapping, save_bundle
 from unim2_core.config import TrainConfig, config_to_dict
@@ -284,25 +283,8 @@ def evaluate_store(
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            torch.save(obj, stream)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as stream:
+        torch.save(obj, stream)
 
 
 class TrainResult(NamedTuple):
@@ -429,7 +411,7 @@ class Trainer:
             for line in self.log_path.read_text(encoding="utf-8").splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= step
         ]
-        _atomic_write_text(self.log_path, "".join(f"{line}\n" for line in kept))
+        atomic_write_text(self.log_path, "".join(f"{line}\n" for line in kept))
 
     def _log(self, record: dict[str, Any]) -> None:
         with self.log_path.open("a", encoding="utf-8") as stream:
@@ -518,7 +500,7 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train to ``train.steps`` (resuming if a state exists), then write the bundle."""
         config = self.config
-        _atomic_write_text(
+        atomic_write_text(
             self.output_dir / "config.yaml", yaml.safe_dump(self.plain_config, sort_keys=False)
         )
         total = config.train.steps
@@ -604,7 +586,7 @@ class Trainer:
             metrics=metrics,
         )
         bundle_path = save_bundle(bundle, self.output_dir / BUNDLE_FILE)
-        _atomic_write_text(self.output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        atomic_write_text(self.output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         return TrainResult(self.output_dir, bundle_path, metrics)
 
 

@@ -1,0 +1,49 @@
+"""Atomic file writes: a hidden temporary file in the target folder, renamed over the target.
+
+Readers (and a run restarted after a crash) see either the old file or the complete new one,
+never half of it. Every writer of checkpoints, caches, exported frames and reports uses this.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[BinaryIO]:
+    """Open a binary stream whose content replaces ``path`` only if the block succeeds.
+
+    The parent folder is created if needed. On any exception the temporary file is removed and
+    ``path`` is left as it was.
+
+    Raises:
+        OSError: the folder or file cannot be written (callers convert it at their boundary).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
+    """Replace ``path`` with ``payload`` atomically."""
+    with atomic_output(path) as stream:
+        stream.write(payload)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Replace ``path`` with UTF-8 ``text`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
