@@ -86,16 +86,18 @@ def test_stream_timeout_can_change() -> None:
         monitor.set_stream_timeout(0.0)
 
 
-def test_bad_messages_are_counted_per_topic_and_reason_and_warn_for_one_window() -> None:
-    monitor = PipelineMonitor(TOPICS, start=0.0, stream_timeout=5.0, window=1.0)
+def test_bad_messages_are_counted_per_topic_and_reason_and_warn_in_the_next_report() -> None:
+    monitor = PipelineMonitor(TOPICS, start=0.0, stream_timeout=5.0)
     _stream(monitor, (0, 1), 0.0, 3.0)
-    monitor.record_bad(1, "wrong_encoding", 2.2)
-    monitor.record_bad(1, "wrong_encoding", 2.4)
-    monitor.record_bad(1, "malformed", 2.5)
-    monitor.record_bad(0, "empty", 2.6)
+    monitor.record_bad(1, "wrong_encoding")
+    monitor.record_bad(1, "wrong_encoding")
+    monitor.record_bad(1, "malformed")
+    monitor.record_bad(0, "empty")
     report = monitor.report(3.0, sync_dropped=(0, 0))
     assert report.level is Level.WARN
-    assert report.message == "1 bad message(s) on /cam/rgb; 3 bad message(s) on /cam/depth"
+    assert report.message == (
+        "1 new bad message(s) on /cam/rgb; 3 new bad message(s) on /cam/depth"
+    )
     values = _values(report)
     assert values["/cam/depth bad messages"] == "3"
     assert values["/cam/depth bad messages (wrong_encoding)"] == "2"
@@ -105,6 +107,9 @@ def test_bad_messages_are_counted_per_topic_and_reason_and_warn_for_one_window()
     later = monitor.report(4.0, sync_dropped=(0, 0))
     assert later.level is Level.OK
     assert _values(later)["/cam/depth bad messages"] == "3"
+    monitor.record_bad(1, "empty")
+    again = monitor.report(4.0, sync_dropped=(0, 0))
+    assert again.message == "1 new bad message(s) on /cam/depth"
 
 
 def test_repeated_inference_failures_are_an_error_until_a_success() -> None:

@@ -323,6 +323,34 @@ def test_rgbd_vga_frames_give_labels_colours_overlay_and_label_info(
         assert overlays_built
 
 
+def test_more_than_255_labels_are_published_as_mono16(
+    ros_domain_id: int,
+    tmp_path: Path,
+    imgfocus_backbone: Backbone,
+    small_nyu_frame: tuple[np.ndarray, np.ndarray],
+) -> None:
+    bundle = make_bundle(imgfocus_backbone, RGBD, n_clusters=300, shorter_side=112)
+    checkpoint = save_bundle(bundle, tmp_path / "many.pt")
+    rgb, depth = small_nyu_frame
+    with running_node(ros_domain_id, **_params(checkpoint)) as (_, probe):
+        labels, info = probe.outputs("labels"), probe.label_info()
+        rgb_pub, depth_pub = probe.publisher("/rgb/image"), probe.publisher("/depth/image")
+        wait_matched(rgb_pub, depth_pub)
+        header = first_output(
+            probe,
+            labels,
+            lambda h: (
+                rgb_pub.publish(array_to_image(rgb, "rgb8", header=h)),
+                depth_pub.publish(array_to_image(depth, "16UC1", header=h)),
+            ),
+        )
+        _, msg = labels.wait(same_stamp(header))
+        assert (msg.encoding, msg.height, msg.width) == ("mono16", 120, 160)
+        assert image_to_array(msg).max() < 300
+        document = parse_label_info(info.wait(lambda msg: True)[1].data)
+        assert len(document.labels) == 300 and document.n_clusters == 300
+
+
 def _bad_inputs(
     rgb: np.ndarray, depth: np.ndarray
 ) -> list[tuple[str, str, Callable[[Header], tuple[Image | None, Image | None]]]]:
@@ -610,6 +638,11 @@ def test_node_process_with_params_file_and_remaps_segments_rgbt_and_stops_cleanl
         assert (colored_msg.encoding, colored_msg.height, colored_msg.width) == ("rgb8", 240, 320)
         assert image_to_array(label_msg).max() < len(document.labels)
 
+        for _ in range(3):  # the signal arrives while groups are in flight
+            header = probe.header()
+            rgb_pub.publish(array_to_image(rgb, "rgb8", header=header))
+            thermal_pub.publish(array_to_image(thermal, "mono8", header=header))
+            time.sleep(0.03)
         process.send_signal(stop_signal)
         start = time.monotonic()
         _, stderr = process.communicate(timeout=15)

@@ -10,7 +10,7 @@ Verdict, evaluated at each report:
 - ERROR: inference failed ``failure_limit`` times in a row (an exception other than a bad
   input, e.g. out of GPU memory).
 - WARN: an input topic has been silent for ``stream_timeout`` seconds or more (or never
-  delivered since start-up), or bad messages arrived within the last ``window`` seconds.
+  delivered since start-up), or bad messages arrived since the previous report.
 - OK otherwise. Nothing latches: when a stream returns the next report is OK again.
 """
 
@@ -56,7 +56,7 @@ class _Topic:
         self.rate = RateMeter(window, start=start)
         self.last_arrival: float | None = None
         self.bad: Counter[str] = Counter()
-        self.bad_recent = RateMeter(window, start=start)
+        self.bad_reported = 0
 
 
 class PipelineMonitor:
@@ -66,7 +66,7 @@ class PipelineMonitor:
         topics: Resolved input topic names; index 0 is the RGB topic.
         start: Monotonic time of start-up, in seconds.
         stream_timeout: Seconds of silence after which a topic is reported (WARN).
-        window: Seconds over which rates, timings and recent bad messages are taken.
+        window: Seconds over which rates and timings are taken.
         failure_limit: Consecutive inference failures that make the verdict ERROR.
 
     Raises:
@@ -120,12 +120,11 @@ class PipelineMonitor:
             entry.rate.add(now)
             entry.last_arrival = now
 
-    def record_bad(self, topic: int, reason: str, now: float) -> None:
+    def record_bad(self, topic: int, reason: str) -> None:
         """A message of ``topic`` was refused for ``reason`` (a short snake_case word)."""
         with self._lock:
             entry = self._topics[topic]
             entry.bad[reason] += 1
-            entry.bad_recent.add(now)
 
     def record_stale_drop(self) -> None:
         """A synchronised group was replaced before the model took it."""
@@ -155,7 +154,7 @@ class PipelineMonitor:
             self._consecutive_failures += 1
 
     def report(self, now: float, *, sync_dropped: Sequence[int]) -> HealthReport:
-        """The verdict and counters at ``now``.
+        """The verdict and counters at ``now``; bad messages are news until reported once.
 
         Args:
             now: Current monotonic time, seconds.
@@ -171,15 +170,18 @@ class PipelineMonitor:
                         problems.append(f"no message on {topic.name} since start-up")
                     else:
                         problems.append(f"no message on {topic.name} for {silent:.1f} s")
-                recent_bad = topic.bad_recent.count(now)
-                if recent_bad:
-                    problems.append(f"{recent_bad} bad message(s) on {topic.name}")
+                bad = sum(topic.bad.values())
+                if bad > topic.bad_reported:
+                    problems.append(
+                        f"{bad - topic.bad_reported} new bad message(s) on {topic.name}"
+                    )
+                    topic.bad_reported = bad
                 values.append((f"{topic.name} rate (Hz)", f"{topic.rate.rate(now):.2f}"))
                 last = "never" if topic.last_arrival is None else f"{silent:.2f}"
                 values.append((f"{topic.name} last message (s ago)", last))
                 drops = self._sync_drops_before[index] + sync_dropped[index]
                 values.append((f"{topic.name} sync drops", str(drops)))
-                values.append((f"{topic.name} bad messages", str(sum(topic.bad.values()))))
+                values.append((f"{topic.name} bad messages", str(bad)))
                 values.extend(
                     (f"{topic.name} bad messages ({reason})", str(count))
                     for reason, count in sorted(topic.bad.items())

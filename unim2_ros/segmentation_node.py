@@ -49,7 +49,7 @@ from rcl_interfaces.msg import (
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.clock import Clock
 from rclpy.clock_type import ClockType
-from rclpy.exceptions import ParameterException
+from rclpy.exceptions import InvalidHandle, ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -325,14 +325,14 @@ class SegmentationNode(Node):
         try:
             array = modality_array(msg, modality, self._encodings[modality])
         except InputRejectedError as err:
-            self._refuse(index, err.reason, str(err), now)
+            self._refuse(index, err.reason, str(err))
             return
         group = self._sync.add(index, _stamp_ns(msg.header), _Frame(msg.header, array))
         if group is not None and self._slot.put(group):
             self._monitor.record_stale_drop()
 
-    def _refuse(self, index: int, reason: str, detail: str, now: float) -> None:
-        self._monitor.record_bad(index, reason, now)
+    def _refuse(self, index: int, reason: str, detail: str) -> None:
+        self._monitor.record_bad(index, reason)
         self.get_logger().warning(
             f"dropped a message on {self._topics[index]} ({reason}): {detail}",
             throttle_duration_sec=LOG_THROTTLE_S,
@@ -364,14 +364,12 @@ class SegmentationNode(Node):
         size = rgb.array.shape[:2]
         mismatched = [i for i, frame in enumerate(group) if frame.array.shape[:2] != size]
         if mismatched:
-            now = time.monotonic()
             for index in mismatched:
                 self._refuse(
                     index,
                     SIZE_MISMATCH,
                     f"{group[index].array.shape[1]}x{group[index].array.shape[0]} image does "
                     f"not match the RGB image's {size[1]}x{size[0]}",
-                    now,
                 )
             return
         arrays = {
@@ -381,7 +379,7 @@ class SegmentationNode(Node):
         try:
             labels = segmenter(arrays).labels
         except EncodingError as err:
-            self._refuse(self._blame(err), INVALID_VALUES, str(err), time.monotonic())
+            self._refuse(self._blame(err), INVALID_VALUES, str(err))
             return
         except Exception as err:  # the thread outlives model failures; repeated ones are ERROR
             self._monitor.record_failure()
@@ -390,7 +388,12 @@ class SegmentationNode(Node):
             )
             return
         inference_s = time.perf_counter() - start
-        self._publish_outputs(rgb, labels)
+        try:
+            self._publish_outputs(rgb, labels)
+        except (InvalidHandle, RCLError):
+            if self.context.ok():
+                raise
+            return  # SIGINT / SIGTERM shut the context down while this group was segmented
         latency_ns = self.get_clock().now().nanoseconds - _stamp_ns(rgb.header)
         self._monitor.record_segmented(time.monotonic(), inference_s, latency_ns * 1e-9)
 
