@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import rclpy
 import torch
@@ -35,6 +34,7 @@ from std_msgs.msg import Header, String
 from unim2_core.backbone import load_backbone
 from unim2_core.checkpoint import Bundle, save_bundle
 from unim2_core.encoding import ModalityEncoding
+from unim2_core.image_io import read_image
 from unim2_core.model import HeadsConfig, UniM2Heads
 from unim2_core.preprocess import PreprocessConfig
 from unim2_ros.image_conversion import array_to_image
@@ -68,12 +68,10 @@ def machine_description(device: str) -> str:
 
 def nyu_frames() -> list[tuple[np.ndarray, np.ndarray]]:
     """The real 640x480 NYU RGB (uint8) + depth (uint16 mm) frames of test/data."""
-    frames = []
-    for stem in ("0003", "0010"):
-        bgr = cv2.imread(str(NYU / "rgb" / f"{stem}.png"), cv2.IMREAD_COLOR)
-        depth = cv2.imread(str(NYU / "depth_mm" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
-        frames.append((cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), depth))
-    return frames
+    return [
+        (read_image(NYU / "rgb" / f"{stem}.png"), read_image(NYU / "depth_mm" / f"{stem}.png"))
+        for stem in ("0003", "0010")
+    ]
 
 
 def demo_checkpoint(folder: Path, backbone_weights: str, shorter_side: int) -> Path:

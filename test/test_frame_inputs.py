@@ -55,7 +55,7 @@ def test_rgb_message_becomes_rgb_array_and_bgr_is_reordered() -> None:
     ("encoding", "dtype"), [("16UC1", np.uint16), ("mono16", np.uint16), ("32FC1", np.float32)]
 )
 def test_depth_message_becomes_a_read_only_view(encoding: str, dtype: type) -> None:
-    pixels = (RNG.random((6, 7)) * 5000).astype(dtype)
+    pixels: np.ndarray = (RNG.random((6, 7)) * 5000).astype(dtype)
     array = modality_array(array_to_image(pixels, encoding), "depth", DEPTH)
     np.testing.assert_array_equal(array, pixels)
     assert array.dtype == dtype and not array.flags.writeable

@@ -15,6 +15,7 @@ from unim2_ros.node_parameters import (
     NODE_PARAMETERS,
     SPECS_BY_NAME,
     NodeSettings,
+    ParameterSpec,
     check_provided_modalities,
     check_value,
     encoding_specs,
@@ -38,8 +39,8 @@ def test_model_and_qos_are_read_only_the_rest_runtime_settable() -> None:
 
 
 @pytest.mark.parametrize("spec", NODE_PARAMETERS, ids=lambda spec: spec.name)
-def test_every_default_is_allowed(spec: object) -> None:
-    assert check_value(spec, spec.default) is None  # type: ignore[attr-defined]
+def test_every_default_is_allowed(spec: ParameterSpec) -> None:
+    assert check_value(spec, spec.default) is None
 
 
 def test_settings_take_defaults_for_missing_values() -> None:

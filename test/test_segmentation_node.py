@@ -39,6 +39,7 @@ from unim2_core.backbone import Backbone
 from unim2_core.checkpoint import ClassMapping, save_bundle
 from unim2_core.encoding import ModalityEncoding
 from unim2_core.errors import ConfigError
+from unim2_core.image_io import read_image
 from unim2_core.visualize import overlay
 from unim2_ros.image_conversion import array_to_image, image_to_array
 from unim2_ros.label_info import parse_label_info
@@ -86,8 +87,8 @@ def rgbt_checkpoint(tmp_path_factory: pytest.TempPathFactory, imgfocus_backbone:
 @pytest.fixture(scope="module")
 def nyu_frame(sample_data: Path) -> tuple[np.ndarray, np.ndarray]:
     root = sample_data / "nyu_rgbd_sample"
-    rgb = cv2.cvtColor(cv2.imread(str(root / "rgb" / "0003.png")), cv2.COLOR_BGR2RGB)
-    depth = cv2.imread(str(root / "depth_mm" / "0003.png"), cv2.IMREAD_UNCHANGED)
+    rgb = read_image(root / "rgb" / "0003.png")
+    depth = read_image(root / "depth_mm" / "0003.png")
     assert rgb.shape == (480, 640, 3) and depth.dtype == np.uint16
     return rgb, depth
 
@@ -148,7 +149,7 @@ class Probe:
         self._thread.start()
         self.namespace = namespace
 
-    def publisher(self, topic: str) -> Publisher:
+    def publisher(self, topic: str) -> Publisher[Image]:
         return self.node.create_publisher(Image, topic, qos_profile_sensor_data)
 
     def record(self, topic: str, msg_type: Any = Image, qos: QoSProfile | int = 10) -> Recorder:
@@ -165,8 +166,8 @@ class Probe:
     def diagnostics(self) -> Recorder:
         return self.record("/diagnostics", DiagnosticArray)
 
-    def header(self, offset_s: float = 0.0) -> Header:
-        now = self.node.get_clock().now().nanoseconds + int(offset_s * 1e9)
+    def header(self) -> Header:
+        now = self.node.get_clock().now().nanoseconds
         header = Header(frame_id="camera_optical")
         header.stamp.sec, header.stamp.nanosec = divmod(now, 1_000_000_000)
         return header
@@ -178,14 +179,32 @@ class Probe:
         self.context.try_shutdown()
 
 
-def wait_matched(*publishers: Publisher, timeout: float = WAIT_S) -> None:
+def wait_matched(*publishers: Publisher[Image], timeout: float = WAIT_S) -> None:
     deadline = time.monotonic() + timeout
     while any(p.get_subscription_count() == 0 for p in publishers):
         assert time.monotonic() < deadline, "the node never subscribed"
         time.sleep(0.05)
 
 
-def first_output(probe: Probe, outputs: Recorder, send: Callable[[Header], object]) -> Header:
+def group_sender(
+    rgb_pub: Publisher[Image],
+    aux_pub: Publisher[Image],
+    rgb: np.ndarray,
+    aux: np.ndarray,
+    aux_encoding: str,
+) -> Callable[[Header], None]:
+    """Publishes ``rgb`` and ``aux`` with the given header (as converted once, here)."""
+    rgb_msg, aux_msg = array_to_image(rgb, "rgb8"), array_to_image(aux, aux_encoding)
+
+    def send(header: Header) -> None:
+        rgb_msg.header = aux_msg.header = header
+        rgb_pub.publish(rgb_msg)
+        aux_pub.publish(aux_msg)
+
+    return send
+
+
+def first_output(probe: Probe, outputs: Recorder, send: Callable[[Header], None]) -> Header:
     """Sends groups every 0.5 s until one yields an output (discovery may drop the first ones);
     returns the header of the group that did."""
     deadline = time.monotonic() + WAIT_S
@@ -203,6 +222,11 @@ def first_output(probe: Probe, outputs: Recorder, send: Callable[[Header], objec
 def diagnostic_values(array: DiagnosticArray) -> dict[str, str]:
     (status,) = array.status
     return {kv.key: kv.value for kv in status.values}
+
+
+def counts(key: str, count: int) -> Callable[[DiagnosticArray], bool]:
+    """Matches diagnostics whose value of ``key`` is ``count``."""
+    return lambda array: diagnostic_values(array).get(key) == str(count)
 
 
 def level(array: DiagnosticArray) -> bytes:
@@ -279,14 +303,7 @@ def test_rgbd_vga_frames_give_labels_colours_overlay_and_label_info(
         rgb_pub, depth_pub = probe.publisher("/rgb/image"), probe.publisher("/depth/image")
         wait_matched(rgb_pub, depth_pub)
 
-        header = first_output(
-            probe,
-            labels,
-            lambda h: (
-                rgb_pub.publish(array_to_image(rgb, "rgb8", header=h)),
-                depth_pub.publish(array_to_image(depth, "16UC1", header=h)),
-            ),
-        )
+        header = first_output(probe, labels, group_sender(rgb_pub, depth_pub, rgb, depth, "16UC1"))
         _, label_msg = labels.wait(same_stamp(header))
         _, colored_msg = colored.wait(same_stamp(header))
 
@@ -336,14 +353,7 @@ def test_more_than_255_labels_are_published_as_mono16(
         labels, info = probe.outputs("labels"), probe.label_info()
         rgb_pub, depth_pub = probe.publisher("/rgb/image"), probe.publisher("/depth/image")
         wait_matched(rgb_pub, depth_pub)
-        header = first_output(
-            probe,
-            labels,
-            lambda h: (
-                rgb_pub.publish(array_to_image(rgb, "rgb8", header=h)),
-                depth_pub.publish(array_to_image(depth, "16UC1", header=h)),
-            ),
-        )
+        header = first_output(probe, labels, group_sender(rgb_pub, depth_pub, rgb, depth, "16UC1"))
         _, msg = labels.wait(same_stamp(header))
         assert (msg.encoding, msg.height, msg.width) == ("mono16", 120, 160)
         assert image_to_array(msg).max() < 300
@@ -433,10 +443,7 @@ def test_malformed_inputs_are_counted_and_good_groups_still_flow(
                 depth_pub.publish(depth_msg)
             key = f"{topic} bad messages ({reason})"
             expected[key] = expected.get(key, 0) + 1
-            count = str(expected[key])
-            diagnostics.wait(
-                lambda array, key=key, count=count: diagnostic_values(array).get(key) == count
-            )
+            diagnostics.wait(counts(key, expected[key]))
             send_good()
 
         _, final = diagnostics.wait(
@@ -445,8 +452,8 @@ def test_malformed_inputs_are_counted_and_good_groups_still_flow(
             )
         )
         values = diagnostic_values(final)
-        for key, count in expected.items():
-            assert values[key] == str(count), key
+        for key, expected_count in expected.items():
+            assert values[key] == str(expected_count), key
         assert values["/depth/image bad messages"] == "5"
         assert values["/rgb/image bad messages"] == "1"
         assert node.context.ok()
@@ -603,8 +610,8 @@ def test_node_process_with_params_file_and_remaps_segments_rgbt_and_stops_cleanl
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(shipped))
     root = sample_data / "msrs_rgbt_sample"
-    rgb = cv2.cvtColor(cv2.imread(str(root / "rgb" / "00004N.png")), cv2.COLOR_BGR2RGB)
-    thermal = cv2.imread(str(root / "thermal" / "00004N.png"), cv2.IMREAD_UNCHANGED)
+    rgb = read_image(root / "rgb" / "00004N.png")
+    thermal = read_image(root / "thermal" / "00004N.png")
     rgb = cv2.resize(rgb, (320, 240), interpolation=cv2.INTER_AREA)
     thermal = cv2.resize(thermal, (320, 240), interpolation=cv2.INTER_AREA)
 
@@ -624,12 +631,7 @@ def test_node_process_with_params_file_and_remaps_segments_rgbt_and_stops_cleanl
         wait_matched(rgb_pub, thermal_pub)
 
         header = first_output(
-            probe,
-            labels,
-            lambda h: (
-                rgb_pub.publish(array_to_image(rgb, "rgb8", header=h)),
-                thermal_pub.publish(array_to_image(thermal, "mono8", header=h)),
-            ),
+            probe, labels, group_sender(rgb_pub, thermal_pub, rgb, thermal, "mono8")
         )
         _, label_msg = labels.wait(same_stamp(header))
         _, colored_msg = colored.wait(same_stamp(header))

@@ -13,7 +13,7 @@ RNG = np.random.default_rng(7)
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int64])
 def test_colorize_paints_each_pixel_with_its_label_colour(dtype: type) -> None:
     palette = RNG.integers(0, 256, (300, 3), dtype=np.uint8)
-    labels = RNG.integers(0, 256 if dtype is np.uint8 else 300, (7, 9)).astype(dtype)
+    labels: np.ndarray = RNG.integers(0, 256 if dtype is np.uint8 else 300, (7, 9)).astype(dtype)
     colored = colorize(labels, palette)
     assert colored.shape == (7, 9, 3) and colored.dtype == np.uint8
     assert colored.flags.c_contiguous
