@@ -40,6 +40,7 @@ from unim2_core.checkpoint import ClassMapping, save_bundle
 from unim2_core.encoding import ModalityEncoding
 from unim2_core.errors import ConfigError
 from unim2_core.image_io import read_image
+from unim2_core.segmenter import Segmenter
 from unim2_core.visualize import overlay
 from unim2_ros.image_conversion import array_to_image, image_to_array
 from unim2_ros.label_info import parse_label_info
@@ -508,6 +509,37 @@ def test_lost_auxiliary_stream_warns_within_two_seconds_and_recovers(
             thread.join(timeout=5)
 
 
+def test_repeated_inference_failures_are_an_error_and_the_node_recovers(
+    ros_domain_id: int,
+    rgbd_checkpoint: Path,
+    small_nyu_frame: tuple[np.ndarray, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rgb, depth = small_nyu_frame
+    with running_node(ros_domain_id, **_params(rgbd_checkpoint)) as (_, probe):
+        labels, diagnostics = probe.outputs("labels"), probe.diagnostics()
+        rgb_pub, depth_pub = probe.publisher("/rgb/image"), probe.publisher("/depth/image")
+        wait_matched(rgb_pub, depth_pub)
+        send = group_sender(rgb_pub, depth_pub, rgb, depth, "16UC1")
+        first_output(probe, labels, send)
+
+        def out_of_memory(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("CUDA out of memory (simulated)")
+
+        monkeypatch.setattr(Segmenter, "__call__", out_of_memory)
+        for count in range(1, 4):
+            send(probe.header())
+            diagnostics.wait(counts("inference failures", count))
+        _, failing = diagnostics.wait(lambda array: level(array) == DiagnosticStatus.ERROR)
+        assert failing.status[0].message.startswith("inference failed 3 times in a row")
+
+        monkeypatch.undo()
+        header = probe.header()
+        send(header)
+        labels.wait(same_stamp(header))
+        diagnostics.wait(lambda array: level(array) == DiagnosticStatus.OK)
+
+
 def test_parameters_are_validated_at_run_time_and_take_effect(
     ros_domain_id: int, rgbd_checkpoint: Path
 ) -> None:
@@ -529,6 +561,7 @@ def test_parameters_are_validated_at_run_time_and_take_effect(
         (result,) = node.set_parameters([Parameter("encoding.depth.high", value=8.0)])
         assert result.successful
         assert node._encodings["depth"].high == 8.0
+        assert node._warned_encodings == {"depth"}
         (result,) = node.set_parameters([Parameter("output.overlay_alpha", value=0.8)])
         assert result.successful and node._options.overlay_alpha == 0.8
         assert node.get_parameter("inputs.modalities").value == ["rgb", "depth"]

@@ -261,7 +261,8 @@ class NodeSettings:
             reason = check_value(spec, value)
             if reason is not None:
                 raise ConfigError(f"parameter {reason}")
-            checked[spec.name] = float(value) if isinstance(spec.default, float) else value  # type: ignore[arg-type]
+            is_double = isinstance(spec.default, float)
+            checked[spec.name] = float(cast(float, value)) if is_double else value
         if not checked["model.checkpoint"]:
             raise ConfigError("parameter model.checkpoint is not set: give the checkpoint path")
         return cls(

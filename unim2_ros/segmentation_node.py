@@ -22,10 +22,18 @@ Parameters: :mod:`unim2_ros.node_parameters` (every one is documented in
 ``config/unim2_node.yaml``). Values are checked at start-up, where a bad one stops the node with
 one line naming it, and at run time, where a bad one is refused with a reason.
 
-Threads: subscription callbacks only convert (zero-copy), count and hand frames to the
-approximate-time synchroniser; a complete group goes to a single-slot "latest group" buffer.
-One inference thread takes groups from it, so when the model is slower than the cameras stale
-groups are replaced (counted as stale drops) instead of queueing up.
+Threads: subscription callbacks (one executor thread) only convert (zero-copy), count and hand
+frames to the approximate-time synchroniser; a complete group goes to a single-slot "latest
+group" buffer. One inference thread, which also builds the model, takes groups from it, so when
+the model is slower than the cameras stale groups are replaced (counted as stale drops) instead
+of queueing up: output latency stays under about two inference times. Pipeline latency in the
+diagnostics is the node clock's now - the RGB stamp when the outputs have been published.
+
+Bad input never stops the node: a message whose encoding does not suit its modality, whose
+step / data size is inconsistent or which is empty is refused in its callback; a group whose
+images differ in size, or whose values cannot be encoded (e.g. a depth image without one valid
+pixel), is refused by the inference thread. Each is counted per topic and reason in the
+diagnostics (keys ``<topic> bad messages (<reason>)``) and logged at most every 5 s.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ import functools
 import sys
 import threading
 import time
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import rclpy
@@ -210,10 +218,10 @@ class SegmentationNode(Node):
 
         modalities_param = modalities_spec(bundle.modalities)
         self._specs[modalities_param.name] = modalities_param
-        provided = self._declare(modalities_param)
-        check_provided_modalities(bundle.modalities, provided)  # type: ignore[arg-type]
+        provided = cast(list[str], self._declare(modalities_param))  # checked by _declare
+        check_provided_modalities(bundle.modalities, provided)
         self._modalities = bundle.modalities
-        unused = [m for m in provided if m not in self._modalities]  # type: ignore[attr-defined]
+        unused = [m for m in provided if m not in self._modalities]
         if unused:
             self.get_logger().info(f"the checkpoint does not use modalities {unused}")
 
@@ -264,13 +272,13 @@ class SegmentationNode(Node):
 
         self._sync = self._new_synchronizer(settings.slop, settings.queue_size)
         input_qos = _qos(settings.qos_input)
-        self._subscriptions_by_index = [
+        self._inputs = [
             self.create_subscription(
                 Image, f"{modality}/image", functools.partial(self._on_image, index), input_qos
             )
             for index, modality in enumerate(self._modalities)
         ]
-        self._topics = [sub.topic_name for sub in self._subscriptions_by_index]
+        self._topics = [sub.topic_name for sub in self._inputs]
         self._monitor = PipelineMonitor(
             self._topics, start=time.monotonic(), stream_timeout=settings.stream_timeout
         )
@@ -442,7 +450,8 @@ class SegmentationNode(Node):
     def _encoding_problem(self, modality: str, pending: dict[str, object]) -> str | None:
         """Why the (pending or current) low / high of ``modality`` are unusable, or None."""
         names = encoding_parameter_names(modality)
-        low, high = (float(pending.get(n, self.get_parameter(n).value)) for n in names)  # type: ignore[arg-type]
+        values = [pending.get(name, self.get_parameter(name).value) for name in names]
+        low, high = (float(cast(float, value)) for value in values)
         try:
             dataclasses.replace(self._trained[modality], low=low, high=high)
         except ConfigError as err:
