@@ -23,6 +23,7 @@ from unim2_ros.node_parameters import (
 )
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "unim2_node.yaml"
+CONFIG_NODE_KEY = "/**/unim2_node"  # any namespace
 
 
 def test_names_are_unique_and_dotted_by_group() -> None:
@@ -119,7 +120,7 @@ def test_encoding_parameters_default_to_the_checkpoint_constants() -> None:
 
 def test_config_file_sets_every_parameter_to_its_documented_default() -> None:
     document = yaml.safe_load(CONFIG.read_text())
-    values = document["unim2_node"]["ros__parameters"]
+    values = document[CONFIG_NODE_KEY]["ros__parameters"]
     assert list(values) == [spec.name for spec in NODE_PARAMETERS]
     for spec in NODE_PARAMETERS:
         assert values[spec.name] == spec.default, spec.name

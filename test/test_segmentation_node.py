@@ -638,7 +638,7 @@ def test_node_process_with_params_file_and_remaps_segments_rgbt_and_stops_cleanl
     stop_signal: signal.Signals,
 ) -> None:
     shipped = yaml.safe_load((REPO / "config" / "unim2_node.yaml").read_text())
-    values = shipped["unim2_node"]["ros__parameters"]
+    values = shipped["/**/unim2_node"]["ros__parameters"]
     values.update(_params(rgbt_checkpoint))
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(shipped))
