@@ -208,7 +208,8 @@ class Probe:
             and self.node.count_publishers("/unim2_node/labels")
         ):
             if node.process.poll() is not None:
-                raise RuntimeError(f"the node exited: {node.process.stderr.read()}")  # type: ignore[union-attr]
+                _, stderr = node.process.communicate()
+                raise RuntimeError(f"the node exited: {stderr}")
             if time.monotonic() > deadline:
                 raise RuntimeError("the node did not come up")
             time.sleep(0.1)

@@ -60,7 +60,9 @@ def test_node_runs_the_package_executable_with_remapped_inputs() -> None:
     assert ast.literal_eval(_keyword(node, "executable")) == "unim2_node"
     remaps = _keyword(node, "remappings")
     assert isinstance(remaps, ast.List)
-    sources = [ast.literal_eval(pair.elts[0]) for pair in remaps.elts]  # type: ignore[attr-defined]
+    pairs = [pair for pair in remaps.elts if isinstance(pair, ast.Tuple)]
+    assert len(pairs) == len(remaps.elts)
+    sources = [ast.literal_eval(pair.elts[0]) for pair in pairs]
     assert sources == [f"{m}/image" for m in ("rgb", "depth", "thermal", "nir", "aolp", "dolp")]
 
 
