@@ -15,3 +15,16 @@ class ImageConversionError(Unim2Error):
 
 class BagError(Unim2Error):
     """A rosbag2 recording cannot be opened, read or written as requested."""
+
+
+class InputRejectedError(ImageConversionError):
+    """An input image message is unusable for its modality; ``reason`` classifies it.
+
+    Attributes:
+        reason: A short snake_case word for counting (``wrong_encoding``, ``malformed``,
+            ``empty``), as reported in the node's diagnostics.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

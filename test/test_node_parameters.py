@@ -1,0 +1,134 @@
+"""The node's parameter table: validation, settings, and config/unim2_node.yaml covering it."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from unim2_core.encoding import ModalityEncoding
+from unim2_core.errors import ConfigError
+from unim2_ros.node_parameters import (
+    NODE_PARAMETERS,
+    SPECS_BY_NAME,
+    NodeSettings,
+    ParameterSpec,
+    check_provided_modalities,
+    check_value,
+    encoding_specs,
+    modalities_spec,
+)
+
+CONFIG = Path(__file__).resolve().parents[1] / "config" / "unim2_node.yaml"
+CONFIG_NODE_KEY = "/**/unim2_node"  # any namespace
+
+
+def test_names_are_unique_and_dotted_by_group() -> None:
+    names = [spec.name for spec in NODE_PARAMETERS]
+    assert len(set(names)) == len(names)
+    groups = {name.split(".")[0] for name in names}
+    assert groups == {"model", "sync", "qos", "output", "diagnostics"}
+
+
+def test_model_and_qos_are_read_only_the_rest_runtime_settable() -> None:
+    for spec in NODE_PARAMETERS:
+        assert spec.read_only == spec.name.startswith(("model.", "qos.")), spec.name
+        assert spec.description
+
+
+@pytest.mark.parametrize("spec", NODE_PARAMETERS, ids=lambda spec: spec.name)
+def test_every_default_is_allowed(spec: ParameterSpec) -> None:
+    assert check_value(spec, spec.default) is None
+
+
+def test_settings_take_defaults_for_missing_values() -> None:
+    settings = NodeSettings.from_parameters({"model.checkpoint": "/m.pt", "sync.slop": 0.2})
+    assert settings.checkpoint == "/m.pt"
+    assert settings.slop == 0.2
+    assert (settings.device, settings.precision, settings.input_size) == ("auto", "fp32", 0)
+    assert (settings.qos_input, settings.qos_output) == ("sensor_data", "reliable")
+    assert settings.publish_overlay and settings.overlay_alpha == 0.5
+    assert settings.stream_timeout == 1.0 and settings.queue_size == 10
+
+
+def test_settings_need_a_checkpoint() -> None:
+    with pytest.raises(ConfigError, match=r"parameter model.checkpoint is not set"):
+        NodeSettings.from_parameters({})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "match"),
+    [
+        ("model.precision", "int8", r"model.precision must be one of fp32, fp16, bf16; got 'int8'"),
+        ("model.device", "tpu", r"model.device must be one of cpu, cuda, auto"),
+        ("qos.input", "best_effort", r"qos.input must be one of sensor_data, reliable"),
+        ("qos.output", "", r"qos.output must be one of"),
+        ("model.input_size", -14, r"model.input_size must be >= 0"),
+        ("model.input_size", 5000, r"model.input_size must be <= 4096"),
+        ("model.input_size", 1.5, r"model.input_size must be a int"),
+        ("model.input_size", True, r"model.input_size must be a int"),
+        ("sync.slop", -1.0, r"sync.slop must be >= 0.001"),
+        ("sync.slop", 0.0, r"sync.slop must be >= 0.001"),
+        ("sync.slop", math.nan, r"sync.slop must be finite"),
+        ("sync.slop", "fast", r"sync.slop must be a float"),
+        ("sync.queue_size", 0, r"sync.queue_size must be >= 1"),
+        ("output.overlay_alpha", 1.5, r"output.overlay_alpha must be <= 1.0"),
+        ("output.labels", 1, r"output.labels must be a bool"),
+        ("diagnostics.stream_timeout", 0.0, r"diagnostics.stream_timeout must be >= 0.1"),
+        ("model.checkpoint", 3, r"model.checkpoint must be a str"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_parameter(name: str, value: object, match: str) -> None:
+    assert check_value(SPECS_BY_NAME[name], value) is not None
+    with pytest.raises(ConfigError, match=rf"^parameter {match}"):
+        NodeSettings.from_parameters({"model.checkpoint": "/m.pt", name: value})
+
+
+def test_integers_are_accepted_for_doubles() -> None:
+    assert NodeSettings.from_parameters({"model.checkpoint": "m", "sync.slop": 1}).slop == 1.0
+
+
+def test_modalities_default_to_the_checkpoints_and_must_cover_them() -> None:
+    spec = modalities_spec(("rgb", "thermal"))
+    assert spec.default == ["rgb", "thermal"] and spec.read_only
+    assert check_value(spec, ["rgb", "depth"]) is None
+    assert check_value(spec, ["rgb", 3]) is not None
+    check_provided_modalities(("rgb", "depth"), ["rgb", "thermal", "depth"])
+    with pytest.raises(
+        ConfigError,
+        match=r"needs modality 'thermal', which parameter inputs.modalities \['rgb', 'depth'\]",
+    ):
+        check_provided_modalities(("rgb", "thermal"), ["rgb", "depth"])
+
+
+def test_encoding_parameters_default_to_the_checkpoint_constants() -> None:
+    trained = dataclasses.replace(ModalityEncoding.default("depth"), low=0.3, high=6.0)
+    low, high = encoding_specs("depth", trained)
+    assert (low.name, low.default, high.name, high.default) == (
+        "encoding.depth.low",
+        0.3,
+        "encoding.depth.high",
+        6.0,
+    )
+    assert "metres" in low.description and not low.read_only
+    thermal_low, _ = encoding_specs("thermal", ModalityEncoding.default("thermal", "uint16"))
+    assert "uint16 input units" in thermal_low.description
+
+
+def test_config_file_sets_every_parameter_to_its_documented_default() -> None:
+    document = yaml.safe_load(CONFIG.read_text())
+    values = document[CONFIG_NODE_KEY]["ros__parameters"]
+    assert list(values) == [spec.name for spec in NODE_PARAMETERS]
+    for spec in NODE_PARAMETERS:
+        assert values[spec.name] == spec.default, spec.name
+        assert type(values[spec.name]) is type(spec.default), spec.name
+
+
+def test_config_file_comments_every_parameter() -> None:
+    lines = CONFIG.read_text().splitlines()
+    for spec in NODE_PARAMETERS:
+        index = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{spec.name}:"))
+        assert lines[index - 1].strip().startswith("#"), spec.name

