@@ -296,10 +296,16 @@ class TrainResult(NamedTuple):
 
 
 StepHook = Callable[[int], None]
+ValHook = Callable[[int, dict[str, Any]], None]
 
 
 class Trainer:
-    """One training run of UniM2 heads (RGB-only, naive fusion or full UniM2, by config)."""
+    """One training run of UniM2 heads (RGB-only, naive fusion or full UniM2, by config).
+
+    ``val_hook(step, record)`` is called after each validation record is logged (a
+    hyperparameter search reports it for pruning); whatever it raises, ``optuna.TrialPruned``
+    included, propagates out of ``run``.
+    """
 
     def __init__(
         self,
@@ -308,10 +314,12 @@ class Trainer:
         restart: bool = False,
         progress: bool = True,
         step_hook: StepHook | None = None,
+        val_hook: ValHook | None = None,
     ) -> None:
         self.config = config
         self.progress = progress
         self.step_hook = step_hook
+        self.val_hook = val_hook
         self.output_dir = Path(config.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.state_path = self.output_dir / STATE_FILE
@@ -527,6 +535,8 @@ class Trainer:
                     val = self._validate()
                     self._log({"kind": "val", **val})
                     bar.set_postfix(loss=f"{record['loss']:.4f}", miou=f"{val['miou']:.1f}")
+                    if self.val_hook is not None:
+                        self.val_hook(self.step, val)
                 if self.step % config.train.checkpoint_every == 0 or self.step == total:
                     self._save_state()
                 if self.step_hook is not None:

@@ -1,0 +1,480 @@
+"""Baselines of the comparison table: k-means on raw backbone features and trained variants.
+
+Variants (design.md §3, "Baselines that must exist"):
+
+- ``kmeans_rgb``: spherical k-means on the frozen RGB backbone features (no training at all).
+- ``kmeans_rgbx``: the same on RGB+X: every modality's features L2-normalised per pixel, then
+  concatenated on channels, so each modality weighs the same in the cosine.
+- ``rgb_only``: the heads trained on RGB alone (STEGO-style: no modality nets, no fusion).
+- ``naive``: RGB+X with conv fusion but no harmoniser (``model.align: none``).
+- ``unim2``: the config as given.
+
+k-means is fitted on pixels sampled from the cached TRAIN features and scored on the cached
+selection (and test) features with the post-processing of the trainer's validation and of the
+node (bilinear upsampling of the cosine similarity to processing size, argmax, nearest to label
+size) and Hungarian matching. Every variant writes its own ``metrics.json`` under the run
+folder; all share one feature cache, so features are extracted once. The comparison table is
+read back from those files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from unim2_core.backbone import load_backbone
+from unim2_core.config import TrainConfig
+from unim2_core.errors import ConfigError, DataError
+from unim2_core.feature_cache import FeatureStore, atomic_write_bytes
+from unim2_core.metrics import ConfusionMatrix, SegmentationScores
+from unim2_core.segmenter import clusters_from_similarity, resolve_device
+from unim2_core.trainer import Trainer, open_splits, prepare_caches
+
+Variant = Literal["kmeans_rgb", "kmeans_rgbx", "rgb_only", "naive", "unim2"]
+VARIANTS: tuple[Variant, ...] = ("kmeans_rgb", "kmeans_rgbx", "rgb_only", "naive", "unim2")
+KMEANS_VARIANTS: tuple[Variant, ...] = ("kmeans_rgb", "kmeans_rgbx")
+DESCRIPTIONS: dict[Variant, str] = {
+    "kmeans_rgb": "k-means on raw RGB backbone features",
+    "kmeans_rgbx": "k-means on raw RGB+X backbone features",
+    "rgb_only": "RGB-only heads (STEGO-style)",
+    "naive": "naive conv fusion, no harmoniser",
+    "unim2": "UniM2",
+}
+KMeansInit = Literal["kmeans++", "random"]
+METRICS_FILE = "metrics.json"
+COMPARISON_MD = "comparison.md"
+COMPARISON_JSON = "comparison.json"
+AUX_VARIANTS: tuple[Variant, ...] = ("kmeans_rgbx", "naive", "unim2")
+
+
+def with_modalities(config: TrainConfig, names: Sequence[str]) -> TrainConfig:
+    """The config restricted to ``names`` (in the config's order), loss terms included.
+
+    Raises:
+        ConfigError: a name is not a modality of the config, or ``rgb`` is not among them.
+    """
+    unknown = [n for n in names if n not in config.modalities]
+    if unknown:
+        raise ConfigError(
+            f"modalities {unknown} are not in the config (it has {list(config.modalities)})"
+        )
+    keep = [n for n in config.modalities if n in names]
+    return dataclasses.replace(
+        config,
+        modalities={n: config.modalities[n] for n in keep},
+        loss=dataclasses.replace(
+            config.loss, modalities={n: config.loss.modalities[n] for n in keep}
+        ),
+    )
+
+
+def variant_config(
+    config: TrainConfig, variant: Variant, *, output_dir: Path, cache_dir: Path
+) -> TrainConfig:
+    """The training config of a variant, writing to ``output_dir`` and caching to ``cache_dir``.
+
+    Raises:
+        ConfigError: an unknown variant, or a multi-modal variant on an RGB-only config.
+    """
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown baseline variant {variant!r}; known: {', '.join(VARIANTS)}")
+    if variant in AUX_VARIANTS and len(config.modalities) < 2:
+        raise ConfigError(
+            f"baseline variant {variant!r} needs an auxiliary modality; the config has only "
+            f"{list(config.modalities)}"
+        )
+    if variant in ("kmeans_rgb", "rgb_only"):
+        config = with_modalities(config, ["rgb"])
+    elif variant == "naive":
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, align="none"))
+    return dataclasses.replace(config, output_dir=str(output_dir), cache_dir=str(cache_dir))
+
+
+def kmeans_features(features: Tensor) -> Tensor:
+    """Per-modality L2-normalised features concatenated on channels: [B, M, C, h, w] ->
+    [B, M*C, h, w]."""
+    normalised = F.normalize(features, dim=2)
+    return normalised.flatten(1, 2)  # [B, M*C, h, w]
+
+
+def sample_pixels(
+    store: FeatureStore,
+    *,
+    max_pixels: int,
+    seed: int,
+    device: torch.device,
+    chunk: int = 64,
+) -> Tensor:
+    """Feature vectors of pixels of a cached split, [N, M*C] (see ``kmeans_features``).
+
+    Every pixel when there are at most ``max_pixels``; otherwise the same number of pixels
+    drawn at random (seeded, without repetition) from every view.
+    """
+    n_views = store.n_views
+    height, width = store.feature_size
+    per_view = min(height * width, math.ceil(max_pixels / n_views))
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for start in range(0, n_views, chunk):
+        idx = np.arange(start, min(start + chunk, n_views))
+        feats = kmeans_features(store.load(idx, device)).flatten(2)  # [B, D, h*w]
+        if per_view < height * width:
+            keys = torch.rand(len(idx), height * width, generator=generator)
+            picks = keys.argsort(dim=1)[:, :per_view].to(device)  # [B, S]
+            feats = feats.gather(2, picks[:, None].expand(-1, feats.shape[1], -1))
+        samples.append(feats.transpose(1, 2).reshape(-1, feats.shape[1]))  # [B*S, D]
+    return torch.cat(samples)
+
+
+def spherical_kmeans(
+    points: Tensor,
+    n_clusters: int,
+    *,
+    iterations: int = 30,
+    init: KMeansInit = "kmeans++",
+    seed: int = 0,
+) -> Tensor:
+    """Spherical (cosine) k-means; returns the [K, D] unit-norm centroids.
+
+    Points are L2-normalised; each iteration assigns every point to the centroid of highest
+    cosine similarity and replaces each centroid by the normalised mean direction of its
+    points (an emptied cluster keeps its centroid). Stops after ``iterations`` or when no
+    assignment changes.
+
+    Args:
+        points: [N, D] vectors (any norm).
+        n_clusters: K.
+        iterations: Maximum number of assignment/update rounds.
+        init: ``kmeans++`` (seeds drawn with probability proportional to the squared cosine
+            distance to the nearest seed so far) or ``random`` (K distinct points).
+        seed: Seed of the initialisation.
+
+    Raises:
+        ValueError: fewer points than clusters, K < 1, ``iterations`` < 1 or an unknown init.
+    """
+    if init not in ("kmeans++", "random"):
+        raise ValueError(f"init must be 'kmeans++' or 'random', got {init!r}")
+    if n_clusters < 1 or iterations < 1:
+        raise ValueError(
+            f"need n_clusters >= 1 and iterations >= 1, got {n_clusters}, {iterations}"
+        )
+    if points.ndim != 2 or points.shape[0] < n_clusters:
+        raise ValueError(f"need [N >= {n_clusters}, D] points, got shape {list(points.shape)}")
+    x = F.normalize(points.float(), dim=1)
+    generator = torch.Generator().manual_seed(seed)
+    n_points = x.shape[0]
+    if init == "random":
+        chosen = torch.randperm(n_points, generator=generator)[:n_clusters]
+        centroids = x[chosen.to(x.device)].clone()
+    else:
+        first = int(torch.randint(n_points, (1,), generator=generator))
+        centroids = x[first : first + 1].clone()
+        closest = 1.0 - (x @ centroids[0]).clamp(max=1.0)  # [N] cosine distance
+        for _ in range(1, n_clusters):
+            weights = closest.clamp(min=0.0).square().cpu()
+            if float(weights.sum()) > 0:
+                pick = int(torch.multinomial(weights, 1, generator=generator))
+            else:
+                pick = int(torch.randint(n_points, (1,), generator=generator))
+            centroids = torch.cat([centroids, x[pick : pick + 1]])
+            closest = torch.minimum(closest, 1.0 - (x @ x[pick]).clamp(max=1.0))
+    assignment: Tensor | None = None
+    for _ in range(iterations):
+        new = (x @ centroids.T).argmax(dim=1)  # [N]
+        if assignment is not None and torch.equal(new, assignment):
+            break
+        assignment = new
+        sums = torch.zeros_like(centroids).index_add_(0, assignment, x)
+        filled = sums.norm(dim=1) > 0
+        centroids = torch.where(filled[:, None], F.normalize(sums, dim=1), centroids)
+    return centroids
+
+
+@torch.no_grad()
+def evaluate_centroids(
+    centroids: Tensor,
+    store: FeatureStore,
+    *,
+    n_classes: int,
+    patch_size: int,
+    device: torch.device,
+    chunk: int = 16,
+) -> SegmentationScores:
+    """Hungarian-matched scores of nearest-centroid clusters on a cached, labelled split.
+
+    Post-processing is ``clusters_from_similarity``, as in the trainer's validation.
+
+    Raises:
+        DataError: the split has no labels.
+    """
+    if store.labels is None:
+        raise DataError(f"split cached at {str(store.path)!r} has no labels")
+    unit = F.normalize(centroids.to(device), dim=1)  # [K, D]
+    label_size = tuple(store.labels.shape[1:])
+    height, width = store.feature_size
+    proc = (height * patch_size, width * patch_size)
+    confusion = ConfusionMatrix(unit.shape[0], n_classes)
+    for start in range(0, store.n_views, chunk):
+        idx = np.arange(start, min(start + chunk, store.n_views))
+        feats = kmeans_features(store.load(idx, device))  # [B, D, h, w]
+        similarity = torch.einsum("bdhw,kd->bkhw", F.normalize(feats, dim=1), unit)
+        clusters, _ = clusters_from_similarity(
+            similarity, processing_size=proc, output_size=label_size
+        )
+        confusion.update(clusters.cpu().numpy(), np.asarray(store.labels[idx]))
+    return confusion.score()
+
+
+def _split_record(split: str | None, scores: SegmentationScores) -> dict[str, Any]:
+    return {
+        "split": split,
+        "miou": scores.miou,
+        "accuracy": scores.accuracy,
+        "per_class_iou": [None if math.isnan(v) else float(v) for v in scores.per_class_iou],
+    }
+
+
+def run_kmeans(
+    config: TrainConfig,
+    variants: Sequence[Variant],
+    *,
+    out_dir: Path,
+    cache_dir: Path,
+    max_pixels: int = 200_000,
+    iterations: int = 30,
+    init: KMeansInit = "kmeans++",
+    progress: bool = True,
+) -> dict[Variant, Path]:
+    """Fit and score the k-means variants; write ``<out_dir>/<variant>/metrics.json`` each.
+
+    K is ``model.n_clusters``, or the number of classes; seeded by ``train.seed``.
+
+    Raises:
+        DataError: the selection split has no labels.
+    """
+    written: dict[Variant, Path] = {}
+    if not variants:
+        return written
+    device = resolve_device(config.train.device)
+    backbone = load_backbone(
+        config.backbone.name, config.backbone.weights, feature_layer=config.backbone.feature_layer
+    ).to(device)
+    for variant in variants:
+        derived = variant_config(config, variant, output_dir=out_dir / variant, cache_dir=cache_dir)
+        splits = open_splits(derived)
+        stores = prepare_caches(
+            derived, splits, backbone, device=device, cache_root=cache_dir, progress=progress
+        )
+        n_classes = len(splits.info.class_names)
+        n_clusters = config.model.n_clusters or n_classes
+        points = sample_pixels(
+            stores.train, max_pixels=max_pixels, seed=config.train.seed, device=device
+        )
+        centroids = spherical_kmeans(
+            points, n_clusters, iterations=iterations, init=init, seed=config.train.seed
+        )
+        score = functools.partial(
+            evaluate_centroids,
+            centroids,
+            n_classes=n_classes,
+            patch_size=backbone.patch_size,
+            device=device,
+        )
+        metrics: dict[str, Any] = {
+            "variant": variant,
+            "modalities": list(derived.modalities),
+            "n_clusters": n_clusters,
+            "train_pixels": int(points.shape[0]),
+            "iterations": iterations,
+            "init": init,
+            "selection": _split_record(splits.selection_name, score(stores.selection)),
+        }
+        if stores.test is not None and stores.test.labels is not None:
+            metrics["test"] = _split_record(splits.test_name, score(stores.test))
+        path = out_dir / variant / METRICS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, (json.dumps(metrics, indent=2) + "\n").encode())
+        written[variant] = path
+    return written
+
+
+class ComparisonRow(NamedTuple):
+    """One variant's scores as read from its ``metrics.json``."""
+
+    variant: str
+    description: str
+    modalities: tuple[str, ...]
+    selection_split: str
+    selection_miou: float
+    selection_accuracy: float
+    test_split: str | None
+    test_miou: float | None
+    test_accuracy: float | None
+    metrics_path: Path
+
+
+class ComparisonTable(NamedTuple):
+    """Rows of the comparison and how model selection was done."""
+
+    rows: tuple[ComparisonRow, ...]
+    selection_split: str
+    selected_on_test: bool
+    protocol: str
+
+
+def read_row(variant: Variant, path: Path, modalities: Sequence[str]) -> ComparisonRow:
+    """A comparison row from a variant's ``metrics.json`` (trainer's or k-means's).
+
+    Raises:
+        DataError: the file is missing or unreadable, or holds no selection scores (unlabelled
+            data cannot be compared).
+    """
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"cannot read metrics {str(path)!r}: {err}") from err
+    selection = metrics.get("selection")
+    if not isinstance(selection, dict) or "miou" not in selection:
+        raise DataError(
+            f"{str(path)!r} holds no selection scores: baselines need a labelled selection split"
+        )
+    test = metrics.get("test")
+    return ComparisonRow(
+        variant=variant,
+        description=DESCRIPTIONS[variant],
+        modalities=tuple(modalities),
+        selection_split=str(selection["split"]),
+        selection_miou=float(selection["miou"]),
+        selection_accuracy=float(selection["accuracy"]),
+        test_split=None if test is None else str(test["split"]),
+        test_miou=None if test is None else float(test["miou"]),
+        test_accuracy=None if test is None else float(test["accuracy"]),
+        metrics_path=path,
+    )
+
+
+def compare(
+    config: TrainConfig,
+    variants: Sequence[Variant] = VARIANTS,
+    out_dir: str | Path | None = None,
+    *,
+    restart: bool = False,
+    progress: bool = True,
+    kmeans_pixels: int = 200_000,
+) -> ComparisonTable:
+    """Run every variant (resuming trained ones) and collect the comparison table.
+
+    Args:
+        config: The UniM2 config; the other variants are derived from it.
+        variants: Variants to run, in table order.
+        out_dir: Run folder (default ``<output_dir>/baselines``); variant ``v`` writes to
+            ``<out_dir>/v``. Features are cached once in ``cache_dir`` (default
+            ``<out_dir>/cache``).
+        restart: Discard the trained variants' previous states.
+        progress: Show progress bars.
+        kmeans_pixels: Training pixels sampled for k-means.
+
+    Raises:
+        ConfigError: an unknown or inapplicable variant, or a repeated one.
+        DataError: unlabelled selection split, or bad input (naming the file).
+    """
+    if not variants:
+        raise ConfigError("no baseline variant requested")
+    repeated = sorted({v for v in variants if list(variants).count(v) > 1})
+    if repeated:
+        raise ConfigError(f"baseline variants repeated: {repeated}")
+    out = Path(out_dir) if out_dir is not None else Path(config.output_dir) / "baselines"
+    cache_dir = Path(config.cache_dir) if config.cache_dir else out / "cache"
+    derived = {
+        v: variant_config(config, v, output_dir=out / v, cache_dir=cache_dir) for v in variants
+    }
+    paths = run_kmeans(
+        config,
+        [v for v in variants if v in KMEANS_VARIANTS],
+        out_dir=out,
+        cache_dir=cache_dir,
+        max_pixels=kmeans_pixels,
+        progress=progress,
+    )
+    for variant in variants:
+        if variant not in KMEANS_VARIANTS:
+            result = Trainer(derived[variant], restart=restart, progress=progress).run()
+            paths[variant] = result.output_dir / METRICS_FILE
+    rows = tuple(read_row(v, paths[v], tuple(derived[v].modalities)) for v in variants)
+    return ComparisonTable(
+        rows=rows,
+        selection_split=rows[0].selection_split,
+        selected_on_test=config.train.selection_split == "test",
+        protocol=config.eval.protocol,
+    )
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def format_comparison(table: ComparisonTable) -> str:
+    """The comparison as a markdown table (selection split named, flagged when it is test)."""
+    selection = table.selection_split
+    if table.selected_on_test:
+        selection = f"{selection} **(SELECTED ON TEST)**"
+    test_split = next((r.test_split for r in table.rows if r.test_split is not None), None)
+    lines = [
+        f"Model selection on: {selection}. Protocol: {table.protocol}. Scores in percent, "
+        "Hungarian-matched.",
+        "",
+        f"| variant | modalities | {table.selection_split} mIoU | {table.selection_split} Acc"
+        + (f" | {test_split} mIoU | {test_split} Acc |" if test_split else " |"),
+        "|---|---|---|---" + ("|---|---|" if test_split else "|"),
+    ]
+    for row in table.rows:
+        cells = [
+            f"{row.description} (`{row.variant}`)",
+            "+".join(row.modalities),
+            _number(row.selection_miou),
+            _number(row.selection_accuracy),
+        ]
+        if test_split:
+            cells += [_number(row.test_miou), _number(row.test_accuracy)]
+        lines.append("| " + " | ".join(cells) + " |")
+    if table.selected_on_test:
+        lines += [
+            "",
+            "> **Selected on test**: trained variants were selected on the test split; their "
+            "numbers are optimistic and not comparable to validation-selected results.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(table: ComparisonTable, out_dir: str | Path) -> list[Path]:
+    """Write ``comparison.md`` and ``comparison.json`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = out / COMPARISON_MD
+    atomic_write_bytes(markdown, format_comparison(table).encode())
+    data = {
+        "selection_split": table.selection_split,
+        "selected_on_test": table.selected_on_test,
+        "protocol": table.protocol,
+        "rows": [
+            {
+                **row._asdict(),
+                "modalities": list(row.modalities),
+                "metrics_path": str(row.metrics_path),
+            }
+            for row in table.rows
+        ],
+    }
+    path = out / COMPARISON_JSON
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+    return [markdown, path]
