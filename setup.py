@@ -49,6 +49,7 @@ setup(
             "onnxruntime>=1.17",
             "pillow>=9",
             "hypothesis>=6",
+            "tensorboard>=2.14",
             "pytest>=8",
             "ruff>=0.5",
             "mypy>=1.10",

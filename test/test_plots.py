@@ -14,7 +14,7 @@ from unim2_core.image_io import read_image
 from unim2_core.plots import (
     IGNORE_COLOR,
     UNMATCHED_COLOR,
-    colorize,
+    colorize_classes,
     confusion_figure,
     loss_figure,
     overlay_figure,
@@ -131,9 +131,9 @@ def test_confusion_figure_rejects_mismatched_class_names() -> None:
         confusion_figure(np.eye(2, dtype=int), np.zeros(2, dtype=int), list("abc"), title="")
 
 
-def test_colorize_uses_palette_grey_for_unmatched_and_black_for_ignore() -> None:
+def test_colorize_classes_uses_palette_grey_for_unmatched_and_black_for_ignore() -> None:
     palette = np.array([[10, 20, 30], [40, 50, 60]], dtype=np.uint8)
-    out = colorize(np.array([[0, 1], [255, -1]]), palette)
+    out = colorize_classes(np.array([[0, 1], [255, -1]]), palette)
     expected = np.array([[[10, 20, 30], [40, 50, 60]], [IGNORE_COLOR, UNMATCHED_COLOR]])
     np.testing.assert_array_equal(out, expected)
     assert out.dtype == np.uint8
@@ -148,8 +148,8 @@ def test_overlay_figure_shows_frame_prediction_and_truth() -> None:
     figure = overlay_figure(rgb, predicted, truth, ["a", "b"], palette, title="frame")
     panels = [axes.images[0].get_array() for axes in figure.axes[:3]]
     np.testing.assert_array_equal(panels[0], rgb)
-    np.testing.assert_array_equal(panels[1], colorize(predicted, palette))
-    np.testing.assert_array_equal(panels[2], colorize(truth, palette))
+    np.testing.assert_array_equal(panels[1], colorize_classes(predicted, palette))
+    np.testing.assert_array_equal(panels[2], colorize_classes(truth, palette))
     legend = [t.get_text() for t in figure.legends[0].get_texts()]
     assert legend == ["b", "(unmatched)", "(no label)"]
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from synthetic_data import tiny_config, write_synthetic_folder
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from unim2_core.checkpoint import load_bundle
 from unim2_core.config import TrainConfig, parse_config
@@ -70,6 +71,20 @@ def test_run_writes_bundle_metrics_log_and_config(
     best = max(val, key=lambda r: r["miou"])
     assert selection["miou"] == best["miou"] and selection["step"] == best["step"]
     assert (tmp_path / "run" / "config.yaml").is_file()
+    for plot in ("loss.png", "val_miou.png"):
+        assert (tmp_path / "run" / plot).read_bytes().startswith(b"\x89PNG")
+
+
+def test_tensorboard_logging_writes_train_and_val_scalars(
+    data_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    config = _config(data_root, tmp_path / "run", cache_dir, logging={"tensorboard": True})
+    train(config, progress=False)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "val/miou"} <= tags
+    assert [e.step for e in events.Scalars("val/miou")] == [3, 6]
 
 
 def test_bundle_serves_the_segmenter_with_class_ids(

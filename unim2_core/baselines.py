@@ -32,10 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from unim2_core.atomic import atomic_write_text
 from unim2_core.backbone import load_backbone
 from unim2_core.config import TrainConfig
 from unim2_core.errors import ConfigError, DataError
-from unim2_core.feature_cache import FeatureStore, atomic_write_bytes
+from unim2_core.feature_cache import FeatureStore
 from unim2_core.metrics import ConfusionMatrix, SegmentationScores
 from unim2_core.segmenter import clusters_from_similarity, resolve_device
 from unim2_core.trainer import Trainer, open_splits, prepare_caches
@@ -303,7 +304,7 @@ def run_kmeans(
             metrics["test"] = _split_record(splits.test_name, score(stores.test))
         path = out_dir / variant / METRICS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, (json.dumps(metrics, indent=2) + "\n").encode())
+        atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
         written[variant] = path
     return written
 
@@ -461,7 +462,7 @@ def write_comparison(table: ComparisonTable, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     markdown = out / COMPARISON_MD
-    atomic_write_bytes(markdown, format_comparison(table).encode())
+    atomic_write_text(markdown, format_comparison(table))
     data = {
         "selection_split": table.selection_split,
         "selected_on_test": table.selected_on_test,
@@ -476,5 +477,5 @@ def write_comparison(table: ComparisonTable, out_dir: str | Path) -> list[Path]:
         ],
     }
     path = out / COMPARISON_JSON
-    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return [markdown, path]

@@ -25,10 +25,10 @@ from typing import Any, Literal, NamedTuple, Protocol
 import numpy as np
 from tqdm import tqdm
 
+from unim2_core.atomic import atomic_write_text
 from unim2_core.checkpoint import Bundle
 from unim2_core.datasets import FrameGroup
 from unim2_core.errors import DataError, EncodingError
-from unim2_core.feature_cache import atomic_write_bytes
 from unim2_core.metrics import SegmentationScores, apply_mapping, confusion_matrix, score
 from unim2_core.plots import plot_confusion, plot_overlay
 from unim2_core.preprocess import paper_protocol_view
@@ -388,11 +388,11 @@ def write_report(
             note = f"SELECTED ON TEST: {note}"
         report = report._replace(selection=report.selection._replace(note=note))
     metrics_path = out / METRICS_FILE
-    atomic_write_bytes(
-        metrics_path, (json.dumps(report_dict(report, class_names=names), indent=2) + "\n").encode()
+    atomic_write_text(
+        metrics_path, json.dumps(report_dict(report, class_names=names), indent=2) + "\n"
     )
     markdown_path = out / REPORT_FILE
-    atomic_write_bytes(markdown_path, format_report(report, class_names=names).encode())
+    atomic_write_text(markdown_path, format_report(report, class_names=names))
     title = (
         f"{report.split} - {_protocol_text(report)} - mIoU {report.scores.miou:.1f}, "
         f"Acc {report.scores.accuracy:.1f}\n{report.selection.note}"

@@ -21,8 +21,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from unim2_core.atomic import atomic_write_bytes
 from unim2_core.errors import TrainingError
-from unim2_core.feature_cache import atomic_write_bytes
 from unim2_core.metrics import IGNORE_INDEX
 
 LOSS_PLOT = "loss.png"
@@ -227,11 +227,12 @@ def confusion_figure(
     return figure
 
 
-def colorize(
+def colorize_classes(
     ids: np.ndarray, palette: np.ndarray, *, ignore_index: int = IGNORE_INDEX
 ) -> np.ndarray:
-    """Colour an HxW id map with ``palette`` [n, 3]: ignore pixels black, ids outside the
-    palette (unmatched clusters, given as -1) grey. Returns HxWx3 uint8."""
+    """Colour an HxW evaluation id map with ``palette`` [n, 3]: ignore pixels black, ids outside
+    the palette (unmatched clusters, given as -1) grey. Returns HxWx3 uint8. Unlike
+    :func:`unim2_core.visualize.colorize` (the node's strict version) it accepts such ids."""
     ids = np.asarray(ids, dtype=np.int64)
     out = np.empty((*ids.shape, 3), dtype=np.uint8)
     out[:] = UNMATCHED_COLOR
@@ -285,8 +286,8 @@ def overlay_figure(
     panels = figure.subplots(1, 3)
     for axes, image, name in (
         (panels[0], rgb, "RGB"),
-        (panels[1], colorize(predicted, palette), "prediction (matched)"),
-        (panels[2], colorize(truth, palette), "ground truth"),
+        (panels[1], colorize_classes(predicted, palette), "prediction (matched)"),
+        (panels[2], colorize_classes(truth, palette), "ground truth"),
     ):
         axes.imshow(image, interpolation="nearest")
         axes.set_title(name, fontsize="medium")

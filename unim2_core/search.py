@@ -42,9 +42,9 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
+from unim2_core.atomic import atomic_write_text
 from unim2_core.config import TrainConfig, config_to_dict, parse_config
 from unim2_core.errors import ConfigError, SearchError, TrainingError
-from unim2_core.feature_cache import atomic_write_bytes
 from unim2_core.loss import PAIRS
 from unim2_core.trainer import Trainer, open_splits
 
@@ -313,7 +313,7 @@ def write_best_config(
     ]
     text = "\n".join(header) + "\n" + yaml.safe_dump(config_to_dict(config), sort_keys=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, text.encode())
+    atomic_write_text(path, text)
     return path
 
 

@@ -38,8 +38,10 @@ from unim2_core.knn import cached_neighbours
 from unim2_core.loss import LossConfig, cmcs_loss
 from unim2_core.metrics import ConfusionMatrix, SegmentationScores, score
 from unim2_core.model import HeadsConfig, UniM2Heads
+from unim2_core.plots import write_training_plots
 from unim2_core.preprocess import PreprocessConfig
 from unim2_core.segmenter import clusters_from_similarity, resolve_device
+from unim2_core.tracking import Tracker, numeric_metrics, open_tracker
 
 STATE_FILE = "state.pt"
 BUNDLE_FILE = "model.unim2.pt"
@@ -521,27 +523,37 @@ class Trainer:
             dynamic_ncols=True,
         )
         started = time.perf_counter()
-        with bar:
-            while self.step < total:
-                record = self._train_step()
-                self.step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}")
-                if self.step % LOG_EVERY == 0 or self.step == total:
-                    self._log({"step": self.step, "kind": "train", **record})
-                if self.labelled and (
-                    self.step % config.train.val_every == 0 or self.step == total
-                ):
-                    val = self._validate()
-                    self._log({"kind": "val", **val})
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", miou=f"{val['miou']:.1f}")
-                    if self.val_hook is not None:
-                        self.val_hook(self.step, val)
-                if self.step % config.train.checkpoint_every == 0 or self.step == total:
-                    self._save_state()
-                if self.step_hook is not None:
-                    self.step_hook(self.step)
+        tracker = open_tracker(config.logging, self.output_dir, self.plain_config)
+        try:
+            with bar:
+                self._loop(bar, tracker)
+        finally:
+            tracker.close()
         return self._finish(time.perf_counter() - started)
+
+    def _loop(self, bar: tqdm[Any], tracker: Tracker) -> None:
+        """Steps to ``train.steps``: log, validate, checkpoint and call the hooks on schedule."""
+        config = self.config
+        total = config.train.steps
+        while self.step < total:
+            record = self._train_step()
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+            if self.step % LOG_EVERY == 0 or self.step == total:
+                self._log({"step": self.step, "kind": "train", **record})
+                tracker.log(self.step, numeric_metrics(record, prefix="train/"))
+            if self.labelled and (self.step % config.train.val_every == 0 or self.step == total):
+                val = self._validate()
+                self._log({"kind": "val", **val})
+                tracker.log(self.step, numeric_metrics(val, prefix="val/"))
+                bar.set_postfix(loss=f"{record['loss']:.4f}", miou=f"{val['miou']:.1f}")
+                if self.val_hook is not None:
+                    self.val_hook(self.step, val)
+            if self.step % config.train.checkpoint_every == 0 or self.step == total:
+                self._save_state()
+            if self.step_hook is not None:
+                self.step_hook(self.step)
 
     def _finish(self, seconds: float) -> TrainResult:
         """Write the bundle of the selected heads, the final metrics and the plots."""
@@ -597,6 +609,7 @@ class Trainer:
         )
         bundle_path = save_bundle(bundle, self.output_dir / BUNDLE_FILE)
         atomic_write_text(self.output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        write_training_plots(self.output_dir)
         return TrainResult(self.output_dir, bundle_path, metrics)
 
 
