@@ -24,6 +24,10 @@ os.environ.setdefault("UNIM2_CACHE_DIR", tempfile.mkdtemp(prefix="unim2-cache-")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO_ROOT / "test" / "data"
+# Large images over shared memory and UDP on 127.0.0.1 only, for every participant the tests make.
+os.environ.setdefault(
+    "FASTDDS_DEFAULT_PROFILES_FILE", str(REPO_ROOT / "config" / "fastdds_localhost.xml")
+)
 
 _DOMAIN_IDS = itertools.cycle(range(1 + os.getpid() % 40, 101))
 
