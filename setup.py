@@ -66,7 +66,7 @@ setup(
             "unim2_eval = unim2_train.evaluate:main",
             "unim2_search = unim2_train.search:main",
             "unim2_extract = unim2_train.extract_features:main",
-            "unim2_demo = unim2_train.demo:main",
+            "unim2_demo = unim2_ros.demo:main",
         ],
     },
 )
