@@ -146,7 +146,8 @@ def write_nyu(root: Path, n_frames: int = 12) -> None:
     for folder in ("RGB", "HHA", "Labels"):
         (root / folder).mkdir(parents=True)
     stems = [f"{i:04d}" for i in range(1, n_frames + 1)]
-    for frame, stem in zip(generate_sequence(n_frames, width=64, height=48, seed=3), stems):
+    frames = generate_sequence(n_frames, width=64, height=48, seed=3)
+    for frame, stem in zip(frames, stems, strict=True):
         cv2.imwrite(str(root / "RGB" / f"{stem}.png"), frame.rgb[..., ::-1])
         hha = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
         cv2.imwrite(str(root / "HHA" / f"{stem}.png"), hha)
