@@ -226,8 +226,8 @@ def run_node(words: list[str], cwd: Path, domain_id: int) -> None:
             deadline = time.monotonic() + 60
             while not labels and time.monotonic() < deadline:
                 header = Header(stamp=stamp, frame_id="camera")
-                rgb_pub.publish(array_to_image(frame.rgb, "rgb8", header))
-                depth_pub.publish(array_to_image(frame.depth_mm, "16UC1", header))
+                rgb_pub.publish(array_to_image(frame.rgb, "rgb8", header=header))
+                depth_pub.publish(array_to_image(frame.depth_mm, "16UC1", header=header))
                 time.sleep(0.5)
             assert labels, "the node published no labels"
             assert (labels[0].height, labels[0].width) == (48, 64)
