@@ -29,7 +29,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check unim2_core unim2_ros train test launch
-	$(BIN)/mypy unim2_core unim2_ros train
+	$(BIN)/mypy unim2_core unim2_ros train benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -6,7 +6,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -51,6 +51,29 @@ def timed(function: Callable[[], object], *, repeats: int, warmup: int = 2) -> l
     return times
 
 
+def timed_rounds(
+    functions: Mapping[str, Callable[[], object]], *, repeats: int, warmup: int = 2
+) -> dict[str, list[float]]:
+    """Wall-clock seconds of each function, called in turn for ``repeats`` rounds.
+
+    Interleaving puts every function under the same machine load, so per-round ratios stay
+    meaningful on a noisy shared machine where back-to-back blocks of calls would not.
+    """
+    for _ in range(warmup):
+        for function in functions.values():
+            function()
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            times[name].extend(timed(function, repeats=1, warmup=0))
+    return times
+
+
+def median_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median over rounds of ``numerator[i] / denominator[i]``."""
+    return statistics.median(n / d for n, d in zip(numerator, denominator, strict=True))
+
+
 def median_ms(times: list[float]) -> float:
     """Median in milliseconds."""
     return 1000.0 * statistics.median(times)
@@ -65,8 +88,8 @@ def write_random_backbone(name: str, path: Path, *, seed: int = 0) -> Path:
 
     arch = ARCHITECTURES[name]
     torch.manual_seed(seed)
-    model_class = DINOv3ViTModel if arch.family == "dinov3" else Dinov2Model
-    model = model_class(arch.transformers_config()).eval()
+    config = arch.transformers_config()
+    model = DINOv3ViTModel(config) if arch.family == "dinov3" else Dinov2Model(config)  # type: ignore[arg-type]
     state = {canonical_key(k, arch.family): v.contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))

@@ -49,7 +49,7 @@ def make_dataset(root: Path, frames: int) -> None:
     if done.exists() and done.read_text() == str(frames):
         return
     for index, frame in enumerate(generate_sequence(frames, width=640, height=480, seed=0)):
-        arrays = {"rgb": frame.rgb, "depth": frame.depth_mm}
+        arrays: dict[str, np.ndarray] = {"rgb": frame.rgb, "depth": frame.depth_mm}
         write_frame_group(root, FrameGroup(f"{index:05d}", arrays, frame.labels))
     names = {"class_names": list(CLASS_NAMES), "palette": PALETTE.tolist()}
     (root / "dataset.yaml").write_text(yaml.safe_dump(names))
@@ -74,7 +74,7 @@ class RecomputingTrainer(Trainer):
             y0, x0 = centre_crop_box(size[0], size[1], crops.crop_size)
             pixels.append(batch[:, :, y0 : y0 + crops.crop_size, x0 : x0 + crops.crop_size])
         stacked = torch.stack(pixels)  # [B, M, 3, S, S]
-        features = self.backbone(stacked.flatten(0, 1))  # one batch: [B * M, C, h, w]
+        features: Tensor = self.backbone(stacked.flatten(0, 1))  # one batch: [B * M, C, h, w]
         return features.reshape(*stacked.shape[:2], *features.shape[1:]).float()
 
 

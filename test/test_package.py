@@ -33,7 +33,15 @@ def test_ruff_finds_no_problems() -> None:
 
 def test_mypy_strict_finds_no_problems() -> None:
     result = subprocess.run(
-        [_tool("mypy"), "--config-file", "setup.cfg", "unim2_core", "unim2_ros", "train"],
+        [
+            _tool("mypy"),
+            "--config-file",
+            "setup.cfg",
+            "unim2_core",
+            "unim2_ros",
+            "train",
+            "benchmarks",
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
