@@ -1246,6 +1246,8 @@ def main(argv: list[str] | None = None) -> int:
         "progress": not args.no_progress,
     }
     try:
+        with BagReader(args.bag) as reader:  # bag and topics first, before the slow model load
+            reader.frame_groups(topics, label_topic=args.label_topic)
         if args.live:
             result = replay_live(
                 args.bag,
