@@ -222,8 +222,12 @@ def test_offline_replay_gives_the_segmenter_labels_and_scores_the_label_topic(
     assert document["latency"]["n"] == N_FRAMES
     assert document["scores"]["miou"] == pytest.approx(reference.miou)
     assert [f["stamp_ns"] for f in document["per_frame"]] == [f.stamp_ns for f in frames]
+    shown = document["shown_frames"]
+    assert [f["title"] for f in shown] == ["best #1", "best #2", "worst #1", "worst #2"]
+    assert all((out / f["comparison"]).is_file() for f in shown)
     report = result.report.read_text()
     assert f"**mIoU {reference.miou:.2f}**" in report and "Segmenter call time" in report
+    assert f"]({shown[0]['comparison']})" in report
 
 
 def test_offline_replay_scores_a_label_folder_matched_by_rgb_stamp(
@@ -515,6 +519,7 @@ def test_live_lockstep_replay_through_the_node_reproduces_the_offline_labels(
 
     replay = json.loads(result.json.read_text())
     assert replay["mode"] == "live" and replay["settings"]["slop_s"] == 0.05  # node's default
+    assert replay["settings"]["rate"] == "inf" and replay["settings"]["lockstep"] is True
     assert replay["counts"]["groups sent (as the node groups them)"] == N_FRAMES
     assert replay["counts"]["label outputs received"] == N_FRAMES
     assert replay["output_bag"] == OUTPUT_BAG

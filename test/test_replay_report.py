@@ -18,6 +18,7 @@ import pytest
 from unim2_core.errors import DataError
 from unim2_core.image_io import read_image
 from unim2_core.replay_report import (
+    COMPARISONS_DIR,
     CONFUSION_FILE,
     JSON_FILE,
     LABELS_DIR,
@@ -237,10 +238,18 @@ def test_writer_writes_frames_scores_video_json_and_report(tmp_path: Path) -> No
     writer.add_frame(0, stamps[0], rgb_a, PRED_A, TRUTH_A, 12.0)
     writer.add_frame(1, stamps[1], rgb_b, None, truth_b, None)  # no output: not scored
     writer.add_frame(2, stamps[2], rgb_b, pred_b, truth_b, 20.0)
+    asked: list[frozenset[int]] = []
+
+    def frame_source(positions: frozenset[int]) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        asked.append(positions)
+        frames = {0: (rgb_a, TRUTH_A), 2: (rgb_b, truth_b)}
+        return [(i, *frames[i]) for i in sorted(positions)]
+
     result = writer.finish(
         skipped=[("/cam/rgb", 5, "corrupt message: boom")],
         not_in_group={"/cam/rgb": 1},
         counts={"frames refused by the model": 0},
+        frame_source=frame_source,
     )
 
     assert (result.n_frames, result.missing, result.output_bag) == (3, 1, None)
@@ -282,6 +291,11 @@ def test_writer_writes_frames_scores_video_json_and_report(tmp_path: Path) -> No
     assert document["per_frame"][0]["miou"] == pytest.approx((100.0 + 200.0 / 3) / 2)
     assert "miou" not in document["per_frame"][1]
     assert [f["title"] for f in document["shown_frames"]] == ["best #1", "worst #1"]
+    assert asked == [frozenset({0, 2})]
+    assert [f["comparison"] for f in document["shown_frames"]] == [
+        f"{COMPARISONS_DIR}/best_1_{stems[0]}.png",
+        f"{COMPARISONS_DIR}/worst_1_{stems[2]}.png",
+    ]
 
     report = (out / REPORT_FILE).read_text()
     assert "**mIoU 67.50**, pixel accuracy 75.00 over 2 frames" in report
@@ -290,6 +304,7 @@ def test_writer_writes_frames_scores_video_json_and_report(tmp_path: Path) -> No
     assert "| 2 | 16.0 | 16.0 |" in report
     links = re.findall(r"\]\(([^)]+)\)", report)
     assert f"{OVERLAYS_DIR}/{stems[0]}.png" in links and CONFUSION_FILE in links
+    assert f"{COMPARISONS_DIR}/worst_1_{stems[2]}.png" in links
     assert all((out / link).is_file() for link in links), links
 
 

@@ -8,7 +8,9 @@ hands each frame to a :class:`ReplayWriter`, which writes, under the output fold
 - ``overlays/<stem>.png``: the ids in their palette colours blended over the RGB frame;
 - ``overlays.mp4``: the overlays as a video (MPEG-4 part 2, ``mp4v``), at the frame rate of the
   RGB header stamps;
-- ``confusion.png``: the row-normalised confusion matrix, when there is ground truth;
+- ``confusion.png``: the row-normalised confusion matrix, when there is ground truth, and
+  ``comparisons/<best|worst>_<rank>_<stem>.png``: RGB | prediction through the sequence's
+  matching | ground truth, for the best and worst frames;
 - ``replay.json``: every number (counts, latency statistics, scores, each frame's latency and
   scores) and ``report.md``: the same for people, with links to a few overlays.
 
@@ -36,7 +38,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -45,15 +47,23 @@ import numpy as np
 import numpy.typing as npt
 
 from unim2_core.atomic import atomic_write_text
+from unim2_core.datasets.base import default_palette
 from unim2_core.errors import DataError
 from unim2_core.evaluate import FrameScore, score_with_mapping
 from unim2_core.image_io import read_image, write_png
-from unim2_core.metrics import IGNORE_INDEX, SegmentationScores, confusion_matrix, score
-from unim2_core.plots import plot_confusion
+from unim2_core.metrics import (
+    IGNORE_INDEX,
+    SegmentationScores,
+    apply_mapping,
+    confusion_matrix,
+    score,
+)
+from unim2_core.plots import plot_confusion, plot_overlay
 from unim2_core.segmenter import LabelInfo
 from unim2_core.visualize import colorize, overlay
 
 __all__ = [
+    "COMPARISONS_DIR",
     "CONFUSION_FILE",
     "DEFAULT_FPS",
     "JSON_FILE",
@@ -62,6 +72,7 @@ __all__ = [
     "REPORT_FILE",
     "VIDEO_FILE",
     "FrameRecord",
+    "FrameSource",
     "LatencyStats",
     "ReplayMode",
     "ReplayResult",
@@ -84,6 +95,7 @@ LABELS_DIR = "labels"
 OVERLAYS_DIR = "overlays"
 VIDEO_FILE = "overlays.mp4"
 CONFUSION_FILE = "confusion.png"
+COMPARISONS_DIR = "comparisons"
 DEFAULT_FPS = 10.0
 """Video frame rate when the stamps cannot give one (fewer than two distinct stamps)."""
 
@@ -95,6 +107,11 @@ _LISTED_SKIPS = 10
 _VIDEO_CODEC = "mp4v"
 
 ReplayMode = Literal["offline", "live"]
+
+FrameSource = Callable[[frozenset[int]], Iterable[tuple[int, np.ndarray, np.ndarray]]]
+"""Reads frames again: given frame positions, yields ``(position, rgb, ground truth)`` of each
+(the replay keeps no frame in memory, so the comparison figures of the best and worst frames
+are drawn from a second read of the bag)."""
 
 
 def frame_stem(index: int, stamp_ns: int) -> str:
@@ -649,14 +666,17 @@ class ReplayWriter:
         not_in_group: Mapping[str, int] | None = None,
         counts: Mapping[str, int] | None = None,
         output_bag: Path | None = None,
+        frame_source: FrameSource | None = None,
     ) -> ReplayResult:
-        """Writes the video, confusion plot, ``replay.json`` and ``report.md``.
+        """Writes the video, confusion plot, comparisons, ``replay.json`` and ``report.md``.
 
         Args:
             skipped: Messages left out as undecodable: (topic, log time ns, reason).
             not_in_group: Topic -> messages that were part of no synchronised group.
             counts: Other counts for the report (e.g. live: outputs received).
             output_bag: The bag of recorded node outputs (live mode).
+            frame_source: Reads frames again for the comparison figures of the best and worst
+                frames; none are drawn without it.
 
         Raises:
             DataError: A file cannot be written.
@@ -682,6 +702,10 @@ class ReplayWriter:
                 f"mIoU {sequence.scores.miou:.1f}, Acc {sequence.scores.accuracy:.1f}",
             )
         latency = latency_stats([f.latency_ms for f in with_output if f.latency_ms is not None])
+        shown = _shown_frames(self.frames, sequence)
+        comparisons: dict[int, Path] = {}
+        if sequence is not None and frame_source is not None:
+            comparisons = self._draw_comparisons(sequence, shown, frame_source)
         summary = _Summary(
             setup=self.setup,
             frames=tuple(self.frames),
@@ -695,11 +719,15 @@ class ReplayWriter:
             video=video_path,
             fps=fps,
             output_bag=output_bag,
-            shown=_shown_frames(self.frames, sequence),
+            shown=shown,
+            comparisons=comparisons,
         )
         json_path = self.out_dir / JSON_FILE
         report_path = self.out_dir / REPORT_FILE
-        _write_text(json_path, json.dumps(_replay_dict(summary, self.out_dir), indent=2) + "\n")
+        _write_text(
+            json_path,
+            json.dumps(_replay_dict(summary, self.out_dir), indent=2, allow_nan=False) + "\n",
+        )
         _write_text(report_path, _format_report(summary, self.out_dir))
         return ReplayResult(
             out_dir=self.out_dir,
@@ -713,6 +741,35 @@ class ReplayWriter:
             json=json_path,
             video=video_path,
         )
+
+    def _draw_comparisons(
+        self,
+        sequence: SequenceScores,
+        shown: Sequence[tuple[str, FrameRecord, FrameScore | None]],
+        frame_source: FrameSource,
+    ) -> dict[int, Path]:
+        """RGB | matched prediction | ground truth of the shown frames; position -> file."""
+        wanted = {frame.position: (title, frame, scored) for title, frame, scored in shown}
+        names = sequence.class_names
+        palette = default_palette(len(names))
+        drawn: dict[int, Path] = {}
+        for position, rgb, truth in frame_source(frozenset(wanted)):
+            title, frame, scored = wanted[position]
+            labels = read_image(self.out_dir / LABELS_DIR / f"{frame.stem}.png")
+            kind, rank = title.split(" #")
+            caption = f"{title}: {frame.stem}"
+            if scored is not None:
+                caption += f" - mIoU {scored.miou:.1f}, Acc {scored.accuracy:.1f}"
+            drawn[position] = plot_overlay(
+                rgb,
+                apply_mapping(labels, sequence.scores.mapping, unmatched_value=-1),
+                truth,
+                names,
+                palette,
+                self.out_dir / COMPARISONS_DIR / f"{kind}_{rank}_{frame.stem}.png",
+                title=caption,
+            )
+        return drawn
 
 
 class _Summary(NamedTuple):
@@ -731,6 +788,7 @@ class _Summary(NamedTuple):
     fps: float
     output_bag: Path | None
     shown: tuple[tuple[str, FrameRecord, FrameScore | None], ...]
+    comparisons: dict[int, Path]
 
 
 def _shown_frames(
@@ -759,6 +817,13 @@ def _shown_frames(
 def _finite(value: float | int) -> float | int | None:
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    """A setting in standard JSON: an infinite or NaN float (e.g. rate ``inf``) becomes text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     return value
 
 
@@ -823,7 +888,7 @@ def _replay_dict(summary: _Summary, out_dir: Path) -> dict[str, Any]:
         "topics": dict(setup.topics),
         "model": setup.model,
         "ground_truth": setup.ground_truth,
-        "settings": dict(setup.settings),
+        "settings": {key: _json_value(value) for key, value in setup.settings.items()},
         "frames": len(frames),
         "frames_with_output": sum(f.has_output for f in frames),
         "missing_outputs": sum(not f.has_output for f in frames),
@@ -837,7 +902,12 @@ def _replay_dict(summary: _Summary, out_dir: Path) -> dict[str, Any]:
         "latency": {"measures": setup.latency, **summary.latency.to_dict()},
         "scores": _scores_dict(summary),
         "shown_frames": [
-            {"title": title, "stem": frame.stem, "overlay": f"{OVERLAYS_DIR}/{frame.stem}.png"}
+            {
+                "title": title,
+                "stem": frame.stem,
+                "overlay": f"{OVERLAYS_DIR}/{frame.stem}.png",
+                "comparison": _relative(summary.comparisons.get(frame.position), out_dir),
+            }
             for title, frame, _ in summary.shown
         ],
         "video": _relative(summary.video, out_dir),
@@ -921,6 +991,9 @@ def _format_report(summary: _Summary, out_dir: Path) -> str:
             f"![{title}]({link})",
             "",
         ]
+        comparison = _relative(summary.comparisons.get(frame.position), out_dir)
+        if comparison is not None:
+            lines += [f"![{title}: RGB, matched prediction, ground truth]({comparison})", ""]
     if summary.output_bag is not None:
         lines += [f"Node outputs recorded in `{_relative(summary.output_bag, out_dir)}`.", ""]
     lines.append(f"All numbers: [{JSON_FILE}]({JSON_FILE}).")

@@ -94,7 +94,7 @@ from unim2_core.datasets.folder import DATASET_YAML, LABELS_DIR, load_dataset_ya
 from unim2_core.errors import ConfigError, DataError, EncodingError, Unim2Error
 from unim2_core.image_io import read_image, single_channel
 from unim2_core.metrics import IGNORE_INDEX
-from unim2_core.replay_report import ReplayResult, ReplaySetup, ReplayWriter
+from unim2_core.replay_report import FrameSource, ReplayResult, ReplaySetup, ReplayWriter
 from unim2_core.segmenter import DEVICES, PRECISIONS, Segmenter
 from unim2_core.sync import ApproximateTimeSynchronizer
 from unim2_ros.bag_io import (
@@ -284,13 +284,13 @@ def _ground_truth(
         return _GroundTruth(None, None, None, IGNORE_INDEX, None)
     names: tuple[str, ...] | None
     if class_names is not None:
-        names, origin = tuple(class_names), "as given"
+        names, origin = tuple(class_names), "class names as given"
     elif folder is not None and folder.class_names is not None:
-        names, origin = folder.class_names, f"from {DATASET_YAML}"
+        names, origin = folder.class_names, f"class names from {DATASET_YAML}"
     elif model_names is not None:
         names, origin = model_names
     else:
-        names, origin = None, "class 0 .. up to the largest id seen"
+        names, origin = None, "generic class names (class 0 .. the largest id seen)"
     if ignore_index is None:
         ignore_index = (
             folder.ignore_index if folder and folder.ignore_index is not None else IGNORE_INDEX
@@ -312,7 +312,7 @@ def _ground_truth(
         folder,
         names,
         ignore_index,
-        f"{source}; class names {origin}; ignore index {ignore_index}",
+        f"{source}; {origin}; ignore index {ignore_index}",
     )
 
 
@@ -336,6 +336,38 @@ def _progress(
 ) -> Iterable[Any]:
     bar: Iterable[Any] = tqdm(stream, total=total, unit=unit, desc=description, disable=not enabled)
     return bar
+
+
+def _frame_source(
+    reader: BagReader,
+    topics: Mapping[str, str],
+    truth: _GroundTruth,
+    *,
+    queue_size: int,
+    slop: float,
+) -> FrameSource:
+    """Reads the replay's frames again, by position, for the report's comparison figures.
+
+    The groups are formed with the replay's settings, so positions agree; the read is lenient
+    because a strict replay has already met no undecodable message.
+    """
+
+    def frames(positions: frozenset[int]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        if not positions:
+            return
+        stream = reader.frame_groups(
+            topics, label_topic=truth.topic, queue_size=queue_size, slop=slop, strict=False
+        )
+        for index, frame in enumerate(stream):
+            if index in positions:
+                rgb = frame.arrays["rgb"]
+                labels = truth.labels(frame.stamp_ns, frame.labels, rgb)
+                if labels is not None:
+                    yield index, rgb, labels
+            if index >= max(positions):
+                return
+
+    return frames
 
 
 # --- offline ----------------------------------------------------------------------------------
@@ -397,7 +429,9 @@ def replay_offline(
         label_dir,
         class_names,
         ignore_index,
-        None if mapping is None else (tuple(mapping.class_names), "from the checkpoint"),
+        None
+        if mapping is None
+        else (tuple(mapping.class_names), "class names from the checkpoint"),
     )
     device = f"{segmenter.device} ({segmenter.precision})"
     model = (
@@ -459,10 +493,15 @@ def replay_offline(
                 latency_ms,
             )
         stats = stream.stats()
-    counts = {"frames refused by the model": refused}
-    if truth.folder is not None:
-        counts["label files matching no frame"] = truth.folder.unused
-    return writer.finish(skipped=stats.skipped, not_in_group=stats.dropped, counts=counts)
+        counts = {"frames refused by the model": refused}
+        if truth.folder is not None:
+            counts["label files matching no frame"] = truth.folder.unused
+        return writer.finish(
+            skipped=stats.skipped,
+            not_in_group=stats.dropped,
+            counts=counts,
+            frame_source=_frame_source(reader, used, truth, queue_size=queue_size, slop=slop),
+        )
 
 
 # --- live -------------------------------------------------------------------------------------
@@ -863,7 +902,7 @@ def _class_names_of(document: LabelInfoDocument) -> tuple[tuple[str, ...], str] 
     names = [label.name for label in document.labels]
     while names and _UNMATCHED_LABEL.fullmatch(names[-1]):
         names.pop()
-    return (tuple(names), "from the node's label_info") if names else None
+    return (tuple(names), "class names from the node's label_info") if names else None
 
 
 def replay_live(
@@ -1007,19 +1046,20 @@ def replay_live(
         stats = _evaluate_outputs(
             reader, stream, writer, truth, play, output_bag, link.labels_topic, progress
         )
-    counts = {
-        "input messages published": sent,
-        "groups sent (as the node groups them)": len(play.groups),
-        "label outputs received": play.outputs,
-    }
-    if truth.folder is not None:
-        counts["label files matching no frame"] = truth.folder.unused
-    return writer.finish(
-        skipped=stats.skipped,
-        not_in_group=stats.dropped,
-        counts=counts,
-        output_bag=output_bag,
-    )
+        counts = {
+            "input messages published": sent,
+            "groups sent (as the node groups them)": len(play.groups),
+            "label outputs received": play.outputs,
+        }
+        if truth.folder is not None:
+            counts["label files matching no frame"] = truth.folder.unused
+        return writer.finish(
+            skipped=stats.skipped,
+            not_in_group=stats.dropped,
+            counts=counts,
+            output_bag=output_bag,
+            frame_source=_frame_source(reader, used, truth, queue_size=queue_size, slop=slop),
+        )
 
 
 def _wait_label_info(link: _NodeLink) -> LabelInfoDocument:
