@@ -564,7 +564,11 @@ class _NodeLink:
         self.received: queue.Queue[_Received] = queue.Queue()
         self.context = Context()
         rclpy.init(args=[], context=self.context)
-        self.node = Node("unim2_replay", context=self.context)
+        try:
+            self.node = Node("unim2_replay", context=self.context)
+        except BaseException:
+            self.context.try_shutdown()
+            raise
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -1287,7 +1291,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         with BagReader(args.bag) as reader:  # bag and topics first, before the slow model load
-            reader.frame_groups(topics, label_topic=args.label_topic)
+            try:
+                reader.frame_groups(topics, label_topic=args.label_topic)
+            except ValueError as err:
+                parser.error(str(err))
         if args.live:
             result = replay_live(
                 args.bag,
