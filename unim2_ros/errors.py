@@ -28,3 +28,7 @@ class InputRejectedError(ImageConversionError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class ReplayError(Unim2Error):
+    """A live replay cannot reach the segmentation node, or the node does not answer."""
