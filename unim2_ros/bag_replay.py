@@ -51,7 +51,8 @@ mapping offline; the node's ``label_info`` when its labels are classes), else th
 **Errors**: a missing bag, a named topic not in the bag (the message lists the bag's image
 topics), an undecodable message (strict, the default; the message names topic and log time;
 ``--lenient`` skips and counts it), a missing checkpoint / weights file, a node that does not
-appear within ``connect_timeout``: the CLI prints ``ERROR: <one line>`` and exits with status 2.
+appear within ``connect_timeout``: the CLI prints ``ERROR: <one line>`` and exits with status 1
+(argument errors: 2, as argparse does), like every unim2 command.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ DEFAULT_CONNECT_TIMEOUT_S = 60.0
 node publishes label_info once its model is loaded)."""
 OUTPUT_BAG = "node_outputs"
 """Name of the bag of recorded node outputs in the output folder (live mode)."""
-EXIT_ERROR = 2
+EXIT_ERROR = 1
 """Exit status of the CLI for an error it reports (bad bag, topic, message, file or node)."""
 
 _LABEL_STEM = re.compile(r"(?:\d+_)?(\d+)")
@@ -1261,7 +1262,7 @@ def _summary(result: ReplayResult) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parses arguments, replays the bag and prints a summary; errors exit with status 2."""
+    """Parses arguments, replays the bag and prints a summary; errors exit with status 1."""
     parser = _parser()
     args = parser.parse_args(argv)
     topics = dict(args.topics)
