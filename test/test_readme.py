@@ -281,7 +281,7 @@ def test_readme_commands_run_as_written(
     assert robot["backbone"]["weights"] == WEIGHTS and robot["train"]["steps"] == 2
     assert (tmp_path / "runs" / "my_robot" / "loss.png").is_file()
     replay = json.loads((tmp_path / "replay" / "run2" / "replay.json").read_text())
-    assert replay["n_frames"] == 6
+    assert replay["frames"] == replay["frames_with_output"] == 6
     nyu = json.loads((tmp_path / "runs" / "nyu" / "eval" / "metrics.json").read_text())
     assert 0.0 <= nyu["miou"] <= 100.0 and nyu["protocol"] == "paper"
     assert (tmp_path / "runs" / "nyu" / "baselines").is_dir()
