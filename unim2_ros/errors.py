@@ -36,3 +36,8 @@ class ReplayError(Unim2Error):
 
 class DemoError(Unim2Error):
     """A stage of ``unim2_demo`` did not produce what the next stage needs."""
+
+
+class NodeConnectionError(ReplayError):
+    """The node did not appear, answer or connect within the connect timeout (it may still be
+    starting: trying again later can succeed)."""
