@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,14 @@ from unim2_core.demo import (
 from unim2_core.image_io import read_image
 from unim2_core.synthetic_scenes import PALETTE, SceneFrame
 from unim2_ros.bag_io import BagReader
-from unim2_ros.demo import LABEL_TOPIC, TOPICS, main, read_replay_labels, scene_frames
+from unim2_ros.demo import (
+    LABEL_TOPIC,
+    SETTINGS_FILE,
+    TOPICS,
+    main,
+    read_replay_labels,
+    scene_frames,
+)
 
 
 def scene(labels: list[list[int]], camouflaged: list[list[bool]], stamp_ns: int = 0) -> SceneFrame:
@@ -248,3 +256,23 @@ def test_quick_demo_runs_every_stage_and_the_node_reproduces_the_offline_labels(
     again = capsys.readouterr().out
     assert "bags/train: kept" in again and "bags/test: kept" in again
     assert "frame groups in" not in again  # import kept
+
+
+def test_a_folder_of_another_demo_or_other_files_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / SETTINGS_FILE).write_text(json.dumps({**asdict(QUICK_SETTINGS), "steps": 99}))
+    assert main(["--quick", "--out", str(other)]) == 1
+    err = capsys.readouterr().err
+    assert f"ERROR: {other} holds a demo made with other settings (steps differ)" in err
+    assert "--fresh" in err
+    assert not (other / "bags").exists()
+
+    unrelated = tmp_path / "unrelated"
+    unrelated.mkdir()
+    (unrelated / "notes.txt").write_text("mine")
+    assert main(["--quick", "--out", str(unrelated)]) == 1
+    assert f"{unrelated} is not empty and holds no demo" in capsys.readouterr().err
+    assert [p.name for p in unrelated.iterdir()] == ["notes.txt"]

