@@ -59,6 +59,7 @@ from unim2_core.trainer import train
 from unim2_ros.bag_io import BagImageWriter
 from unim2_ros.bag_replay import replay_live, replay_offline
 from unim2_ros.errors import DemoError, NodeConnectionError
+from unim2_train.cli import run_cli
 from unim2_train.import_bag import import_bag
 
 RGB_TOPIC = "/camera/color/image_raw"
@@ -441,24 +442,23 @@ def _isolate_dds(domain_id: int | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the demo; prints where the report is. Errors exit with status 1."""
+    """Runs the demo; prints where the report is. Errors exit with status 1 (run again to
+    continue where it stopped)."""
     args = _parser().parse_args(argv)
     settings = QUICK_SETTINGS if args.quick else DEMO_SETTINGS
     start = time.monotonic()
-    try:
+
+    def body() -> int:
         domain_id = _isolate_dds(args.domain_id)
         if args.fresh:
             shutil.rmtree(args.out, ignore_errors=True)
         print(f"unim2 demo into {args.out}/ (DDS domain {domain_id}, loopback only)", flush=True)
         report = run_demo(args.out, settings, progress=not args.no_progress)
-    except Unim2Error as err:
-        print(f"ERROR: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; run again to continue where it stopped", file=sys.stderr)
-        return 130
-    print(f"demo finished in {(time.monotonic() - start) / 60:.1f} min; report: {report}")
-    return 0
+        print(f"demo finished in {(time.monotonic() - start) / 60:.1f} min; report: {report}")
+        return 0
+
+    status: int = run_cli(body)
+    return status
 
 
 if __name__ == "__main__":
