@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,12 @@ def test_failure_inside_the_block_keeps_the_old_file(tmp_path: Path) -> None:
         raise RuntimeError("boom")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
+
+
+def test_written_file_gets_the_permissions_of_a_plain_open(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.txt"
+    plain.write_text("reference")  # mode from the process umask, as any tool would create it
+    target = tmp_path / "atomic.txt"
+    atomic_write_text(target, "x")
+    assert stat.S_IMODE(target.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+    assert target.stat().st_mode & stat.S_IRUSR and target.stat().st_mode & stat.S_IWUSR

@@ -6,6 +6,7 @@ never half of it. Every writer of checkpoints, caches, exported frames and repor
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Iterator
@@ -14,12 +15,22 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+@functools.cache
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process umask (read once)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_output(path: str | Path) -> Iterator[BinaryIO]:
     """Open a binary stream whose content replaces ``path`` only if the block succeeds.
 
-    The parent folder is created if needed. On any exception the temporary file is removed and
-    ``path`` is left as it was.
+    The parent folder is created if needed. The file gets the permissions a plain ``open()``
+    would give it (the temporary file's private 0600 would keep other users, e.g. a node
+    running under another account, from reading a checkpoint). On any exception the temporary
+    file is removed and ``path`` is left as it was.
 
     Raises:
         OSError: the folder or file cannot be written (callers convert it at their boundary).
@@ -28,6 +39,7 @@ def atomic_output(path: str | Path) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(handle, _new_file_mode())
         with os.fdopen(handle, "wb") as stream:
             yield stream
             stream.flush()
