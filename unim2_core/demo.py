@@ -117,7 +117,7 @@ class DemoSettings:
 
 
 DEMO_SETTINGS = DemoSettings()
-"""The demo as ``make demo`` runs it (about 12 minutes on 2 CPU cores)."""
+"""The demo as ``make demo`` runs it (7.5 minutes on 2 CPU cores, BENCHMARKS.md)."""
 
 QUICK_SETTINGS = DemoSettings(
     width=128,
