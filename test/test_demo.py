@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from unim2_core.demo import (
 )
 from unim2_core.image_io import read_image
 from unim2_core.synthetic_scenes import PALETTE, SceneFrame
+from unim2_ros import demo as demo_module
 from unim2_ros.bag_io import BagReader
 from unim2_ros.demo import (
     LABEL_TOPIC,
@@ -33,6 +35,13 @@ from unim2_ros.demo import (
     read_replay_labels,
     scene_frames,
 )
+
+
+@pytest.fixture(autouse=True)
+def restore_dds_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``main`` exports its DDS domain and discovery range; undo that after each test."""
+    for name in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
 
 
 def scene(labels: list[list[int]], camouflaged: list[list[bool]], stamp_ns: int = 0) -> SceneFrame:
@@ -276,3 +285,22 @@ def test_a_folder_of_another_demo_or_other_files_is_refused(
     assert main(["--quick", "--out", str(unrelated)]) == 1
     assert f"{unrelated} is not empty and holds no demo" in capsys.readouterr().err
     assert [p.name for p in unrelated.iterdir()] == ["notes.txt"]
+
+
+def test_fresh_empties_the_output_folder_before_the_demo_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / SETTINGS_FILE).write_text(json.dumps({"steps": 1}))  # another demo's folder
+    (out / "report.md").write_text("old")
+    seen: list[list[str]] = []
+
+    def stages(folder: Path, settings: object, *, progress: bool) -> Path:
+        seen.append(sorted(p.name for p in folder.iterdir()) if folder.exists() else [])
+        return folder / "report.md"
+
+    monkeypatch.setattr(demo_module, "run_demo", stages)
+    assert main(["--quick", "--fresh", "--out", str(out), "--domain-id", "7"]) == 0
+    assert seen == [[]]  # the old demo was gone before the stages ran
+    assert f"report: {out / 'report.md'}" in capsys.readouterr().out
