@@ -44,7 +44,7 @@ from unim2_core.segmenter import Segmenter
 from unim2_core.visualize import overlay
 from unim2_ros.image_conversion import array_to_image, image_to_array
 from unim2_ros.label_info import parse_label_info
-from unim2_ros.segmentation_node import SegmentationNode
+from unim2_ros.segmentation_node import SegmentationNode, spin_until_shutdown
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -703,3 +703,27 @@ def test_node_process_exits_non_zero_naming_a_bad_parameter(
     assert process.returncode == 1
     lines = stderr.strip().splitlines()
     assert lines == ["ERROR: parameter model.precision must be one of fp32, fp16, bf16; got 'int8'"]
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("when", ["before", "while"])
+def test_spin_returns_cleanly_however_the_shutdown_meets_the_executor(
+    ros_domain_id: int, when: str
+) -> None:
+    # A signal shuts the context down wherever the executor is: before it exists (rclpy then
+    # fails to build it) or while it waits (it stops, or fails to build its next wait set).
+    context = Context()
+    rclpy.init(context=context, domain_id=ros_domain_id)
+    node = Node("spinner", context=context)
+    try:
+        if when == "before":
+            context.shutdown()
+        else:
+            threading.Timer(0.3, context.shutdown).start()
+        start = time.monotonic()
+        spin_until_shutdown(node)
+        assert time.monotonic() - start < 10
+        assert not context.ok()
+    finally:
+        node.destroy_node()
+        context.try_shutdown()

@@ -58,7 +58,7 @@ from rclpy._rclpy_pybind11 import RCLError
 from rclpy.clock import Clock
 from rclpy.clock_type import ClockType
 from rclpy.exceptions import InvalidHandle, ParameterException
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (
@@ -525,6 +525,27 @@ class SegmentationNode(Node):
         super().destroy_node()
 
 
+def spin_until_shutdown(node: Node) -> None:
+    """Spins ``node`` until its context shuts down (SIGINT / SIGTERM) or Ctrl-C.
+
+    The signal handler shuts the context down wherever the executor happens to be, so rclpy
+    reports it as an interrupt, an external shutdown, or an error about the now invalid context
+    (building the executor or its wait set); the last is an error only while the context is
+    still valid.
+    """
+    if not node.context.ok():
+        return  # shut down already: building an executor now would fail half-way
+    try:
+        executor = SingleThreadedExecutor(context=node.context)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except RuntimeError:  # RCLError included
+        if node.context.ok():
+            raise
+
+
 def main(args: list[str] | None = None) -> int:
     """Runs the node until SIGINT / SIGTERM; a start-up error prints one line and returns 1."""
     try:
@@ -539,9 +560,7 @@ def main(args: list[str] | None = None) -> int:
                     raise
                 return 0  # SIGINT / SIGTERM while starting: rclpy shut the context down
             try:
-                rclpy.spin(node)
-            except (KeyboardInterrupt, ExternalShutdownException):
-                pass
+                spin_until_shutdown(node)
             finally:
                 node.destroy_node()
     except RCLError as err:
