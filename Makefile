@@ -28,8 +28,8 @@ test: $(STAMP)
 	ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check unim2_core unim2_ros train test launch
-	$(BIN)/mypy unim2_core unim2_ros train benchmarks
+	$(BIN)/ruff check unim2_core unim2_ros unim2_demo train test launch benchmarks
+	$(BIN)/mypy unim2_core unim2_ros unim2_demo train benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

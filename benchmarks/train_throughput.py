@@ -27,18 +27,18 @@ import yaml
 from torch import Tensor
 
 from benchmarks.common import machine, write_random_backbone
-from unim2_core.config import parse_config, read_yaml
-from unim2_core.datasets.base import FrameGroup
-from unim2_core.datasets.folder import write_frame_group
-from unim2_core.preprocess import (
+from unim2_core.data.datasets.base import FrameGroup
+from unim2_core.data.datasets.folder import write_frame_group
+from unim2_core.data.preprocess import (
     centre_crop_box,
     encode_group,
     shorter_side_size,
     to_backbone_batch,
     view_boxes,
 )
-from unim2_core.synthetic_scenes import CLASS_NAMES, PALETTE, generate_sequence
-from unim2_core.trainer import Trainer
+from unim2_core.training.config import parse_config, read_yaml
+from unim2_core.training.trainer import Trainer
+from unim2_demo.synthetic_scenes import CLASS_NAMES, PALETTE, generate_sequence
 
 REPO = Path(__file__).resolve().parents[1]
 

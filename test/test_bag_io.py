@@ -24,7 +24,7 @@ from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import Reader
 from sensor_msgs.msg import Image
 
-from unim2_core.synthetic_scenes import SceneFrame, generate_sequence
+from unim2_demo.synthetic_scenes import SceneFrame, generate_sequence
 from unim2_ros.bag_io import (
     CAMERA_INFO_TYPE,
     IMAGE_TYPE,

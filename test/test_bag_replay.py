@@ -32,16 +32,22 @@ from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
-from unim2_core.backbone import Backbone
-from unim2_core.checkpoint import Bundle, ClassMapping, save_bundle
-from unim2_core.datasets.base import default_palette
-from unim2_core.encoding import ModalityEncoding
+from unim2_core.data.datasets.base import default_palette
+from unim2_core.data.encoding import ModalityEncoding
+from unim2_core.data.image_io import read_image, write_png
 from unim2_core.errors import ConfigError, DataError
-from unim2_core.image_io import read_image, write_png
-from unim2_core.metrics import SegmentationScores, score
-from unim2_core.replay_report import JSON_FILE, LABELS_DIR, OVERLAYS_DIR, REPORT_FILE, VIDEO_FILE
-from unim2_core.segmenter import Segmenter
-from unim2_core.synthetic_scenes import CLASS_NAMES, IGNORE_LABEL, SceneFrame, generate_sequence
+from unim2_core.evaluation.metrics import SegmentationScores, score
+from unim2_core.evaluation.replay_report import (
+    JSON_FILE,
+    LABELS_DIR,
+    OVERLAYS_DIR,
+    REPORT_FILE,
+    VIDEO_FILE,
+)
+from unim2_core.model.backbone import Backbone
+from unim2_core.model.checkpoint import Bundle, ClassMapping, save_bundle
+from unim2_core.runtime.segmenter import Segmenter
+from unim2_demo.synthetic_scenes import CLASS_NAMES, IGNORE_LABEL, SceneFrame, generate_sequence
 from unim2_ros.bag_io import IMAGE_TYPE, STRING_TYPE, BagImageWriter, BagReader, StorageFormat
 from unim2_ros.bag_replay import (
     OUTPUT_BAG,

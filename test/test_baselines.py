@@ -13,8 +13,8 @@ import torch
 import yaml
 from tiny_setup import tiny_config, write_tiny_config, write_tiny_dataset
 
-from train.evaluate import main
-from unim2_core.baselines import (
+from unim2_core.errors import ConfigError, DataError
+from unim2_core.training.baselines import (
     VARIANTS,
     compare,
     evaluate_centroids,
@@ -25,8 +25,8 @@ from unim2_core.baselines import (
     variant_config,
     with_modalities,
 )
-from unim2_core.errors import ConfigError, DataError
-from unim2_core.feature_cache import FeatureStore
+from unim2_core.training.feature_cache import FeatureStore
+from unim2_train.evaluate import main
 
 PATCH = 2
 

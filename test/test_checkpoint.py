@@ -9,10 +9,16 @@ import pytest
 import torch
 from conftest import make_bundle
 
-from unim2_core.backbone import Backbone
-from unim2_core.checkpoint import FORMAT_VERSION, Bundle, ClassMapping, load_bundle, save_bundle
-from unim2_core.encoding import ModalityEncoding
+from unim2_core.data.encoding import ModalityEncoding
 from unim2_core.errors import CheckpointError, ConfigError
+from unim2_core.model.backbone import Backbone
+from unim2_core.model.checkpoint import (
+    FORMAT_VERSION,
+    Bundle,
+    ClassMapping,
+    load_bundle,
+    save_bundle,
+)
 
 
 class _CodeOnLoad:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from unim2_core.config import (
+from unim2_core.errors import ConfigError
+from unim2_core.training.config import (
     TrainConfig,
     apply_overrides,
     config_to_dict,
@@ -15,7 +16,6 @@ from unim2_core.config import (
     parse_config,
     read_yaml,
 )
-from unim2_core.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 TRAIN_CONFIGS = sorted(CONFIG_DIR.glob("train_*.yaml"))

@@ -1,4 +1,4 @@
-"""Tests of unim2_core.datasets.base: conventions, modality selection, lists, open_dataset."""
+"""Tests of unim2_core.data.datasets.base: conventions, modality selection, lists, open_dataset."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unim2_core.datasets import MODALITIES, FrameGroup, open_dataset, validate_modality_array
-from unim2_core.datasets.base import (
+from unim2_core.data.datasets import MODALITIES, FrameGroup, open_dataset, validate_modality_array
+from unim2_core.data.datasets.base import (
     DatasetInfo,
     SplitReader,
     assemble_group,

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unim2_core.datasets import (
+from unim2_core.data.datasets import (
     MODALITIES,
     FolderDataset,
     FrameGroup,
     open_dataset,
     write_frame_group,
 )
-from unim2_core.datasets.base import default_palette
+from unim2_core.data.datasets.base import default_palette
 from unim2_core.errors import DataError
 
 H, W = 24, 32

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unim2_core.datasets import MCubeS, open_dataset
-from unim2_core.datasets.mcubes import CLASS_NAMES
+from unim2_core.data.datasets import MCubeS, open_dataset
+from unim2_core.data.datasets.mcubes import CLASS_NAMES
 from unim2_core.errors import DataError
 
 H, W = 24, 32

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unim2_core.datasets import MFNet, open_dataset
-from unim2_core.datasets.mfnet import CLASS_NAMES
+from unim2_core.data.datasets import MFNet, open_dataset
+from unim2_core.data.datasets.mfnet import CLASS_NAMES
 from unim2_core.errors import DataError
 
 H, W = 24, 32

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unim2_core.datasets import NYUDepthV2, open_dataset
-from unim2_core.datasets.nyu import CLASS_NAMES, NYU40_TO_13
+from unim2_core.data.datasets import NYUDepthV2, open_dataset
+from unim2_core.data.datasets.nyu import CLASS_NAMES, NYU40_TO_13
 from unim2_core.errors import DataError
 
 H, W = 24, 32

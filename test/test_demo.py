@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unim2_core.config import parse_config
-from unim2_core.demo import (
+from unim2_core.data.image_io import read_image
+from unim2_core.training.config import parse_config
+from unim2_demo import run as demo_module
+from unim2_demo.experiment import (
     DEMO_SETTINGS,
     QUICK_SETTINGS,
     NodeFigures,
@@ -23,11 +25,7 @@ from unim2_core.demo import (
     training_config,
     write_report,
 )
-from unim2_core.image_io import read_image
-from unim2_core.synthetic_scenes import PALETTE, SceneFrame
-from unim2_ros import demo as demo_module
-from unim2_ros.bag_io import BagReader
-from unim2_ros.demo import (
+from unim2_demo.run import (
     LABEL_TOPIC,
     SETTINGS_FILE,
     TOPICS,
@@ -35,6 +33,8 @@ from unim2_ros.demo import (
     read_replay_labels,
     scene_frames,
 )
+from unim2_demo.synthetic_scenes import PALETTE, SceneFrame
+from unim2_ros.bag_io import BagReader
 
 
 @pytest.fixture(autouse=True)

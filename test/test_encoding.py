@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from unim2_core.encoding import EncodingKind, ModalityEncoding, check_group
+from unim2_core.data.encoding import EncodingKind, ModalityEncoding, check_group
 from unim2_core.errors import ConfigError, EncodingError
 
 

@@ -19,19 +19,19 @@ import pytest
 import yaml
 from tiny_setup import tiny_config, write_tiny_config, write_tiny_dataset
 
-from train.evaluate import main
-from unim2_core.datasets import FrameGroup, open_dataset, write_frame_group
+from unim2_core.data.datasets import FrameGroup, open_dataset, write_frame_group
+from unim2_core.data.image_io import read_image
 from unim2_core.errors import DataError
-from unim2_core.evaluate import (
+from unim2_core.evaluation.evaluate import (
     EvaluationReport,
     evaluate_split,
     format_report,
     score_with_mapping,
     write_report,
 )
-from unim2_core.image_io import read_image
-from unim2_core.segmenter import SegmentationResult
-from unim2_core.trainer import Trainer
+from unim2_core.runtime.segmenter import SegmentationResult
+from unim2_core.training.trainer import Trainer
+from unim2_train.evaluate import main
 
 # Frame "a" and "b": ground truth (255 = unlabelled) and the clusters the stand-in predicts.
 LABELS = {

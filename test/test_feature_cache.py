@@ -16,13 +16,13 @@ import torch
 import yaml
 from synthetic_data import tiny_config, write_synthetic_folder
 
-from unim2_core.backbone import Backbone, load_backbone
-from unim2_core.datasets import FrameGroup, open_dataset
-from unim2_core.encoding import ModalityEncoding
+from unim2_core.data.datasets import FrameGroup, open_dataset
+from unim2_core.data.encoding import ModalityEncoding
+from unim2_core.data.preprocess import encode_group, training_views
 from unim2_core.errors import DataError
-from unim2_core.feature_cache import ViewSpec, extract_features, open_store
-from unim2_core.knn import cached_neighbours, nearest_neighbours
-from unim2_core.preprocess import encode_group, training_views
+from unim2_core.model.backbone import Backbone, load_backbone
+from unim2_core.training.feature_cache import ViewSpec, extract_features, open_store
+from unim2_core.training.knn import cached_neighbours, nearest_neighbours
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENCODINGS = {"rgb": ModalityEncoding.default("rgb"), "depth": ModalityEncoding.default("depth")}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import Image
 
-from unim2_core.encoding import EncodingKind, ModalityEncoding
+from unim2_core.data.encoding import EncodingKind, ModalityEncoding
 from unim2_ros.errors import InputRejectedError
 from unim2_ros.frame_inputs import accepted_encodings, modality_array
 from unim2_ros.image_conversion import ENCODINGS, array_to_image

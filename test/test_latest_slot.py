@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from unim2_core.latest_slot import LatestSlot
+from unim2_core.runtime.latest_slot import LatestSlot
 
 
 def test_take_returns_the_item_put() -> None:

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from unim2_core.errors import ConfigError
-from unim2_core.loss import (
+from unim2_core.model.heads import HeadsConfig, UniM2Heads
+from unim2_core.model.loss import (
     LossConfig,
     ModalityLossConfig,
     PairValues,
@@ -18,7 +19,6 @@ from unim2_core.loss import (
     derangement,
     sample_at,
 )
-from unim2_core.model import HeadsConfig, UniM2Heads
 
 
 def _points(*vectors: tuple[float, ...]) -> torch.Tensor:

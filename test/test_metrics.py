@@ -1,4 +1,4 @@
-"""Tests of unim2_core.metrics against confusion matrices and IoUs worked out by hand."""
+"""Tests of unim2_core.evaluation.metrics against confusion matrices and IoUs worked out by hand."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from unim2_core.errors import DataError
-from unim2_core.metrics import (
+from unim2_core.evaluation.metrics import (
     ConfusionMatrix,
     apply_mapping,
     confusion_matrix,

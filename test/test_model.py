@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from unim2_core.errors import ConfigError
-from unim2_core.model import (
+from unim2_core.model.heads import (
     ALIGN_KINDS,
     FUSION_KINDS,
     ClusterProbe,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from unim2_core.encoding import ModalityEncoding
+from unim2_core.data.encoding import ModalityEncoding
 from unim2_core.errors import ConfigError
 from unim2_ros.node_parameters import (
     NODE_PARAMETERS,

@@ -13,7 +13,7 @@ import pytest
 import unim2_core
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ["unim2_core", "unim2_ros", "train", "test", "launch", "benchmarks"]
+SOURCES = ["unim2_core", "unim2_ros", "unim2_demo", "train", "test", "launch", "benchmarks"]
 
 
 def _tool(name: str) -> str:
@@ -39,6 +39,7 @@ def test_mypy_strict_finds_no_problems() -> None:
             "setup.cfg",
             "unim2_core",
             "unim2_ros",
+            "unim2_demo",
             "train",
             "benchmarks",
         ],
@@ -51,7 +52,7 @@ def test_mypy_strict_finds_no_problems() -> None:
 
 def test_unim2_core_never_imports_rclpy_or_ros_messages() -> None:
     modules = [m.name for m in pkgutil.walk_packages(unim2_core.__path__, "unim2_core.")]
-    assert "unim2_core.segmenter" in modules and "unim2_core.sync" in modules
+    assert "unim2_core.runtime.segmenter" in modules and "unim2_core.runtime.sync" in modules
     blocker = (
         "import sys\n"
         "for name in ('rclpy', 'sensor_msgs', 'std_msgs', 'diagnostic_msgs'):\n"

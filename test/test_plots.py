@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from unim2_core.data.image_io import read_image
 from unim2_core.errors import TrainingError
-from unim2_core.image_io import read_image
-from unim2_core.plots import (
+from unim2_core.evaluation.plots import (
     IGNORE_COLOR,
     UNMATCHED_COLOR,
     colorize_classes,

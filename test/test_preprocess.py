@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from unim2_core.encoding import ModalityEncoding
-from unim2_core.errors import ConfigError, EncodingError
-from unim2_core.preprocess import (
+from unim2_core.data.encoding import ModalityEncoding
+from unim2_core.data.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     PreprocessConfig,
@@ -20,6 +19,7 @@ from unim2_core.preprocess import (
     to_backbone_batch,
     training_views,
 )
+from unim2_core.errors import ConfigError, EncodingError
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 from test_backbone import _saved_state, hf_to_meta, random_reference
 
-from unim2_core.synthetic_scenes import generate_sequence
+from unim2_demo.synthetic_scenes import generate_sequence
 from unim2_ros.bag_io import BagImageWriter, BagReader
 from unim2_ros.image_conversion import array_to_image
 

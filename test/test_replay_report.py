@@ -1,4 +1,5 @@
-"""Tests of unim2_core.replay_report: latency statistics, sequence scoring, video, output folder.
+"""Tests of unim2_core.evaluation.replay_report: latency statistics, sequence scoring, video,
+output folder.
 
 Scores are checked against confusion matrices and IoUs worked out by hand, latency statistics
 against hand-computed order statistics, videos by decoding them with OpenCV.
@@ -15,9 +16,9 @@ import cv2
 import numpy as np
 import pytest
 
+from unim2_core.data.image_io import read_image
 from unim2_core.errors import DataError
-from unim2_core.image_io import read_image
-from unim2_core.replay_report import (
+from unim2_core.evaluation.replay_report import (
     COMPARISONS_DIR,
     CONFUSION_FILE,
     JSON_FILE,
@@ -35,8 +36,8 @@ from unim2_core.replay_report import (
     score_sequence,
     write_video,
 )
-from unim2_core.segmenter import LabelInfo
-from unim2_core.visualize import colorize, overlay
+from unim2_core.runtime.segmenter import LabelInfo
+from unim2_core.runtime.visualize import colorize, overlay
 
 TABLE = (
     LabelInfo(0, "cluster_0", (255, 0, 0)),

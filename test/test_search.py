@@ -12,18 +12,18 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 from tiny_setup import tiny_config, write_tiny_config, write_tiny_dataset
 
-import unim2_core.search as search
-from train.search import main
-from unim2_core.config import TrainConfig, config_to_dict, load_config
+import unim2_core.training.search as search
 from unim2_core.errors import SearchError, TrainingError
-from unim2_core.search import (
+from unim2_core.training.config import TrainConfig, config_to_dict, load_config
+from unim2_core.training.search import (
     SearchSpace,
     apply_params,
     display_url,
     objective_value,
     run_search,
 )
-from unim2_core.trainer import Trainer
+from unim2_core.training.trainer import Trainer
+from unim2_train.search import main
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -35,13 +35,13 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 
-from unim2_core.backbone import Backbone
-from unim2_core.checkpoint import ClassMapping, save_bundle
-from unim2_core.encoding import ModalityEncoding
+from unim2_core.data.encoding import ModalityEncoding
+from unim2_core.data.image_io import read_image
 from unim2_core.errors import ConfigError
-from unim2_core.image_io import read_image
-from unim2_core.segmenter import Segmenter
-from unim2_core.visualize import overlay
+from unim2_core.model.backbone import Backbone
+from unim2_core.model.checkpoint import ClassMapping, save_bundle
+from unim2_core.runtime.segmenter import Segmenter
+from unim2_core.runtime.visualize import overlay
 from unim2_ros.image_conversion import array_to_image, image_to_array
 from unim2_ros.label_info import parse_label_info
 from unim2_ros.segmentation_node import SegmentationNode, spin_until_shutdown

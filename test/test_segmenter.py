@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import make_bundle
 
-from unim2_core.backbone import Backbone, load_backbone
-from unim2_core.checkpoint import ClassMapping, save_bundle
-from unim2_core.encoding import ModalityEncoding
+from unim2_core.data.encoding import ModalityEncoding
 from unim2_core.errors import BackboneError, CheckpointError, EncodingError
-from unim2_core.segmenter import Segmenter, clusters_from_similarity, distinct_palette
+from unim2_core.model.backbone import Backbone, load_backbone
+from unim2_core.model.checkpoint import ClassMapping, save_bundle
+from unim2_core.runtime.segmenter import Segmenter, clusters_from_similarity, distinct_palette
 
 RGBD = {"rgb": ModalityEncoding.default("rgb"), "depth": ModalityEncoding.default("depth")}
 RGBT = {"rgb": ModalityEncoding.default("rgb"), "thermal": ModalityEncoding.default("thermal")}

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from unim2_core.stream_stats import RateMeter, WindowStats
+from unim2_core.runtime.stream_stats import RateMeter, WindowStats
 
 
 def test_rate_of_a_regular_stream_is_its_frequency() -> None:

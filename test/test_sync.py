@@ -1,4 +1,4 @@
-"""Tests of unim2_core.sync: message_filters' approximate-time rule, counters, thread safety.
+"""Tests of unim2_core.runtime.sync: message_filters' approximate-time rule, counters, threads.
 
 Like message_filters' test/test_approxsync.py, the synchroniser is driven with fake items and
 seeded shuffles, no DDS. ``_ReferenceSync`` below is an independent transliteration of
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unim2_core.sync import ApproximateTimeSynchronizer, SyncStats
+from unim2_core.runtime.sync import ApproximateTimeSynchronizer, SyncStats
 
 Item = tuple[int, int]  # (input index, sequence number)
 Event = tuple[int, int, Item]  # (input index, stamp in ns, item)
@@ -445,5 +445,8 @@ def test_concurrent_adds_emit_each_item_at_most_once_and_keep_counts() -> None:
 
 
 def test_sync_module_does_not_import_ros() -> None:
-    code = "import sys, unim2_core.sync; assert not any(m.startswith('rclpy') for m in sys.modules)"
+    code = (
+        "import sys, unim2_core.runtime.sync; "
+        "assert not any(m.startswith('rclpy') for m in sys.modules)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

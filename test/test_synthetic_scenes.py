@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from unim2_core.synthetic_scenes import (
+from unim2_demo.synthetic_scenes import (
     CLASS_NAMES,
     IGNORE_LABEL,
     PALETTE,

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from unim2_core.config import LoggingSection
 from unim2_core.errors import TrainingError
-from unim2_core.tracking import (
+from unim2_core.training.config import LoggingSection
+from unim2_core.training.tracking import (
     FanOutTracker,
     NullTracker,
     TensorBoardTracker,

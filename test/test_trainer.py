@@ -16,11 +16,11 @@ import torch
 from synthetic_data import tiny_config, write_synthetic_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from unim2_core.checkpoint import load_bundle
-from unim2_core.config import TrainConfig, parse_config
 from unim2_core.errors import ConfigError, TrainingError
-from unim2_core.segmenter import Segmenter
-from unim2_core.trainer import Trainer, batch_indices, holdout_split, train
+from unim2_core.model.checkpoint import load_bundle
+from unim2_core.runtime.segmenter import Segmenter
+from unim2_core.training.config import TrainConfig, parse_config
+from unim2_core.training.trainer import Trainer, batch_indices, holdout_split, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,7 +94,7 @@ def test_bundle_serves_the_segmenter_with_class_ids(
         _config(data_root, tmp_path / "run", cache_dir, train={"steps": 3}), progress=False
     )
     segmenter = Segmenter.from_files(result.bundle_path, imgfocus_weights, device="cpu")
-    from unim2_core.datasets import open_dataset
+    from unim2_core.data.datasets import open_dataset
 
     frame = open_dataset("folder", data_root, split="all")[0]
     labels = segmenter(frame.arrays).labels

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unim2_core.visualize import colorize, overlay
+from unim2_core.runtime.visualize import colorize, overlay
 
 RNG = np.random.default_rng(7)
 

@@ -14,7 +14,7 @@ import yaml
 from synthetic_data import tiny_config as synthetic_config
 from synthetic_data import write_synthetic_folder
 
-from unim2_core.config import TrainConfig, parse_config
+from unim2_core.training.config import TrainConfig, parse_config
 
 SPLITS = {"train": range(0, 8), "val": range(8, 10), "test": range(10, 12)}
 

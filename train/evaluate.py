@@ -14,8 +14,20 @@ import argparse
 from pathlib import Path
 from typing import Any, cast
 
-from unim2_core.backbone import load_backbone
-from unim2_core.baselines import (
+from unim2_core.cli import add_config_arguments, run_cli
+from unim2_core.data.datasets import open_dataset
+from unim2_core.errors import ConfigError
+from unim2_core.evaluation.evaluate import (
+    PROTOCOLS,
+    EvalProtocol,
+    evaluate_split,
+    format_report,
+    write_report,
+)
+from unim2_core.model.backbone import load_backbone
+from unim2_core.model.checkpoint import load_bundle
+from unim2_core.runtime.segmenter import Segmenter
+from unim2_core.training.baselines import (
     VARIANTS,
     Variant,
     compare,
@@ -23,15 +35,8 @@ from unim2_core.baselines import (
     with_modalities,
     write_comparison,
 )
-from unim2_core.checkpoint import load_bundle
-from unim2_core.config import TrainConfig, load_config
-from unim2_core.datasets import open_dataset
-from unim2_core.errors import ConfigError
-from unim2_core.evaluate import PROTOCOLS, EvalProtocol, evaluate_split, format_report, write_report
-from unim2_core.segmenter import Segmenter
-from unim2_core.trainer import open_splits
-
-from .cli import add_config_arguments, run_cli
+from unim2_core.training.config import TrainConfig, load_config
+from unim2_core.training.trainer import open_splits
 
 SELECTION = "selection"
 

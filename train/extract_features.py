@@ -14,13 +14,12 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from unim2_core.backbone import load_backbone
-from unim2_core.config import load_config
-from unim2_core.distributed import init_from_environment, shutdown
-from unim2_core.knn import cached_neighbours
-from unim2_core.trainer import open_splits, prepare_caches
-
-from .cli import add_config_arguments, run_cli
+from unim2_core.cli import add_config_arguments, run_cli
+from unim2_core.model.backbone import load_backbone
+from unim2_core.training.config import load_config
+from unim2_core.training.distributed import init_from_environment, shutdown
+from unim2_core.training.knn import cached_neighbours
+from unim2_core.training.trainer import open_splits, prepare_caches
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,9 +18,10 @@ from typing import cast
 
 import optuna
 
-from unim2_core.config import load_config
+from unim2_core.cli import add_config_arguments, run_cli
 from unim2_core.errors import ConfigError, SearchError
-from unim2_core.search import (
+from unim2_core.training.config import load_config
+from unim2_core.training.search import (
     DEFAULT_CODE_DIMS,
     DEFAULT_LR_RANGE,
     TUNABLES,
@@ -29,8 +30,6 @@ from unim2_core.search import (
     format_result,
     run_search,
 )
-
-from .cli import add_config_arguments, run_cli
 
 
 def _csv(text: str, flag: str) -> list[str]:

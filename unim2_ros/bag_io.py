@@ -11,9 +11,10 @@ distribution since Foxy.
 
 Reading synchronised frames (:meth:`BagReader.frame_groups`) feeds the header stamps of the
 named Image topics, in the bag's log order, to the project's one synchroniser
-(:class:`~unim2_core.sync.ApproximateTimeSynchronizer`), so a recording is grouped exactly as the
+(:class:`~unim2_core.runtime.sync.ApproximateTimeSynchronizer`), so a recording is grouped
+exactly as the
 live node would have grouped it, and converts each group to raw arrays in the conventions of
-``unim2_core.encoding``.
+``unim2_core.data.encoding``.
 
 Bad messages: a message that cannot be decoded (corrupt CDR, or an Image whose sizes, encoding
 or data length are wrong for its role) raises :class:`~unim2_ros.errors.BagError` in strict
@@ -52,7 +53,7 @@ from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.store import Typestore
 
-from unim2_core.sync import ApproximateTimeSynchronizer
+from unim2_core.runtime.sync import ApproximateTimeSynchronizer
 from unim2_ros.errors import BagError, ImageConversionError
 from unim2_ros.image_conversion import RGB8_SOURCES, array_to_image, image_to_array, to_rgb8
 
@@ -271,7 +272,7 @@ class BagFrame(NamedTuple):
         stamp_ns: Header stamp of the RGB message.
         log_time_ns: Log time at which the group became complete (its latest message), when
             the live node's synchroniser would have emitted it.
-        arrays: Modality name -> raw array (``unim2_core.encoding`` conventions), writable and
+        arrays: Modality name -> raw array (``unim2_core.data.encoding`` conventions), writable and
             owning its memory, in the order the topics were given ("rgb" first).
         labels: HxW uint8 / uint16 class ids from the label topic, or None without one.
         headers: Modality name (and ``"labels"``) -> original Image header.

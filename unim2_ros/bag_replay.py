@@ -7,7 +7,8 @@
 
 **Offline** (:func:`replay_offline`): the named Image topics of the bag (sqlite3 or MCAP) are
 grouped by the project's synchroniser (:meth:`BagReader.frame_groups`), exactly as the node
-groups them live, and each group is segmented by a :class:`~unim2_core.segmenter.Segmenter` in
+groups them live, and each group is segmented by a
+:class:`~unim2_core.runtime.segmenter.Segmenter` in
 this process. Latency is the Segmenter call time. Only the modalities the checkpoint needs are
 read (others named are ignored, as the node subscribes only to those). The CLI builds the
 Segmenter as the node does (cluster -> class mapping applied), so offline labels are the labels
@@ -46,7 +47,8 @@ ids, synchronised with the other topics as one more input), or a label folder of
 frames by RGB header stamp (:class:`LabelFolder`). Class names come from ``class_names`` when
 given, else from the label folder's ``dataset.yaml``, else from the model (the checkpoint's class
 mapping offline; the node's ``label_info`` when its labels are classes), else they are
-``class 0 ..`` up to the largest id seen. Scoring, outputs and report: ``unim2_core.replay_report``.
+``class 0 ..`` up to the largest id seen. Scoring, outputs and report:
+``unim2_core.evaluation.replay_report``.
 
 **Errors**: a missing bag, a named topic not in the bag (the message lists the bag's image
 topics), an undecodable message (strict, the default; the message names topic and log time;
@@ -90,14 +92,14 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from tqdm import tqdm
 
-from unim2_core.datasets.base import index_directory
-from unim2_core.datasets.folder import DATASET_YAML, LABELS_DIR, load_dataset_yaml
+from unim2_core.data.datasets.base import index_directory
+from unim2_core.data.datasets.folder import DATASET_YAML, LABELS_DIR, load_dataset_yaml
+from unim2_core.data.image_io import read_image, single_channel
 from unim2_core.errors import ConfigError, DataError, EncodingError, Unim2Error
-from unim2_core.image_io import read_image, single_channel
-from unim2_core.metrics import IGNORE_INDEX
-from unim2_core.replay_report import FrameSource, ReplayResult, ReplaySetup, ReplayWriter
-from unim2_core.segmenter import DEVICES, PRECISIONS, Segmenter
-from unim2_core.sync import ApproximateTimeSynchronizer
+from unim2_core.evaluation.metrics import IGNORE_INDEX
+from unim2_core.evaluation.replay_report import FrameSource, ReplayResult, ReplaySetup, ReplayWriter
+from unim2_core.runtime.segmenter import DEVICES, PRECISIONS, Segmenter
+from unim2_core.runtime.sync import ApproximateTimeSynchronizer
 from unim2_ros.bag_io import (
     IMAGE_TYPE,
     MODALITY_ENCODINGS,
@@ -397,7 +399,7 @@ def replay_offline(
         bag: rosbag2 folder, ``.db3`` or ``.mcap``.
         segmenter: The model; its label table gives the output ids, names and colours.
         topics: Modality -> Image topic; every modality of the model is needed ("rgb" first).
-        out_dir: Output folder, new or empty (``unim2_core.replay_report``).
+        out_dir: Output folder, new or empty (``unim2_core.evaluation.replay_report``).
         label_topic: Image topic of ground-truth class ids in the bag.
         label_dir: Folder of ground-truth PNGs (:class:`LabelFolder`).
         class_names: Names of the ground-truth classes (default: module docstring).

@@ -1,7 +1,8 @@
 """Input image messages -> the raw modality arrays the Segmenter takes, refusing unusable ones.
 
 Each modality accepts only the ``sensor_msgs/Image`` encodings whose pixels mean what its
-checkpoint encoding expects (see ``unim2_core.encoding``): colour encodings for ``rgb`` / ``hha``,
+checkpoint encoding expects (see ``unim2_core.data.encoding``): colour encodings for ``rgb`` /
+``hha``,
 and for single-channel modalities the encodings of the trained ``input_dtype`` (depth: 16UC1 /
 mono16 millimetres or 32FC1 metres). Anything else is refused here, before synchronisation, with
 a reason the node counts in its diagnostics. Importable without rclpy.
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from unim2_core.encoding import EncodingKind, ModalityEncoding
+from unim2_core.data.encoding import EncodingKind, ModalityEncoding
 from unim2_ros.errors import ImageConversionError, InputRejectedError
 from unim2_ros.image_conversion import ImageMessage, image_to_array, to_rgb8
 
@@ -48,7 +49,7 @@ def accepted_encodings(encoding: ModalityEncoding) -> frozenset[str]:
 
 
 def modality_array(msg: ImageMessage, modality: str, encoding: ModalityEncoding) -> np.ndarray:
-    """The raw array of one input message, in the conventions of ``unim2_core.encoding``.
+    """The raw array of one input message, in the conventions of ``unim2_core.data.encoding``.
 
     Colour modalities come out as HxWx3 RGB (a copy unless the message is dense rgb8);
     single-channel ones as a read-only HxW view of the message data.

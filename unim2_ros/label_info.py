@@ -27,9 +27,9 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
-from unim2_core.backbone import BackboneIdentity
 from unim2_core.errors import ConfigError
-from unim2_core.segmenter import LabelInfo
+from unim2_core.model.backbone import BackboneIdentity
+from unim2_core.runtime.segmenter import LabelInfo
 
 LabelSource = Literal["classes", "clusters"]
 

@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, cast
 
-from unim2_core.encoding import EncodingKind, ModalityEncoding
+from unim2_core.data.encoding import EncodingKind, ModalityEncoding
 from unim2_core.errors import ConfigError
-from unim2_core.segmenter import DEVICES, PRECISIONS, Device, Precision
+from unim2_core.runtime.segmenter import DEVICES, PRECISIONS, Device, Precision
 
 ParameterValue = bool | int | float | str | list[str]
 QosName = Literal["sensor_data", "reliable", "system_default"]

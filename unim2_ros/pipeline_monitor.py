@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from enum import IntEnum
 from typing import NamedTuple
 
-from unim2_core.stream_stats import RateMeter, WindowStats
+from unim2_core.runtime.stream_stats import RateMeter, WindowStats
 
 
 class Level(IntEnum):

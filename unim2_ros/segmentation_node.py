@@ -71,9 +71,7 @@ from rclpy.qos import (
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 
-from unim2_core.backbone import load_backbone
-from unim2_core.checkpoint import Bundle, load_bundle
-from unim2_core.encoding import ModalityEncoding
+from unim2_core.data.encoding import ModalityEncoding
 from unim2_core.errors import (
     BackboneError,
     CheckpointError,
@@ -81,10 +79,12 @@ from unim2_core.errors import (
     EncodingError,
     Unim2Error,
 )
-from unim2_core.latest_slot import LatestSlot
-from unim2_core.segmenter import Segmenter
-from unim2_core.sync import ApproximateTimeSynchronizer
-from unim2_core.visualize import colorize, overlay
+from unim2_core.model.backbone import load_backbone
+from unim2_core.model.checkpoint import Bundle, load_bundle
+from unim2_core.runtime.latest_slot import LatestSlot
+from unim2_core.runtime.segmenter import Segmenter
+from unim2_core.runtime.sync import ApproximateTimeSynchronizer
+from unim2_core.runtime.visualize import colorize, overlay
 from unim2_ros.errors import InputRejectedError
 from unim2_ros.frame_inputs import modality_array
 from unim2_ros.image_conversion import array_to_image

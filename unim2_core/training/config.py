@@ -18,9 +18,9 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from unim2_core.encoding import ModalityEncoding
+from unim2_core.data.encoding import ModalityEncoding
 from unim2_core.errors import ConfigError
-from unim2_core.loss import ModalityLossConfig
+from unim2_core.model.loss import ModalityLossConfig
 
 DatasetKind = Literal["nyu", "mfnet", "mcubes", "folder"]
 

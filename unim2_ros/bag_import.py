@@ -5,7 +5,7 @@
 
 Reads the named Image topics (sqlite3 or MCAP bag), groups them with the node's approximate-time
 synchroniser and writes each group into the plain folder layout of
-``unim2_core.datasets.folder`` as frame ``<group index>_<rgb stamp ns>`` (e.g.
+``unim2_core.data.datasets.folder`` as frame ``<group index>_<rgb stamp ns>`` (e.g.
 ``000123_1700000012300000000``), so a training config with ``dataset.kind: folder`` reads it.
 
 The group index counts every synchronised group of the bag, also those ``--every`` skips, so a
@@ -29,8 +29,9 @@ import yaml
 from tqdm import tqdm
 
 from unim2_core.atomic import atomic_write_text
-from unim2_core.datasets.base import FrameGroup
-from unim2_core.datasets.folder import (
+from unim2_core.cli import run_cli
+from unim2_core.data.datasets.base import FrameGroup
+from unim2_core.data.datasets.folder import (
     DATASET_YAML,
     SPLITS_DIR,
     load_dataset_yaml,
@@ -44,8 +45,6 @@ from unim2_ros.bag_io import (
     BagReader,
     FrameStats,
 )
-
-from .cli import run_cli
 
 _LISTED_SKIPS = 5
 

@@ -18,7 +18,8 @@ Frames are named ``<index>_<rgb stamp ns>`` (index: position among the bag's syn
 groups, six digits), as ``unim2_import_bag`` names them, so the labels of a replay can serve as a
 label folder and an imported dataset's labels can be matched to a replay's frames.
 
-Scoring is the training evaluator's protocol (``unim2_core.evaluate``): one confusion matrix of
+Scoring is the training evaluator's protocol (``unim2_core.evaluation.evaluate``): one
+confusion matrix of
 predicted ids x ground-truth classes accumulated over every scored frame with
 ``metrics.confusion_matrix``, one Hungarian matching (``metrics.score``), and each frame scored
 under that global matching (``evaluate.score_with_mapping``) to pick the best and worst frames.
@@ -47,20 +48,20 @@ import numpy as np
 import numpy.typing as npt
 
 from unim2_core.atomic import atomic_write_text
-from unim2_core.datasets.base import default_palette
+from unim2_core.data.datasets.base import default_palette
+from unim2_core.data.image_io import read_image, write_png
 from unim2_core.errors import DataError
-from unim2_core.evaluate import FrameScore, score_with_mapping
-from unim2_core.image_io import read_image, write_png
-from unim2_core.metrics import (
+from unim2_core.evaluation.evaluate import FrameScore, score_with_mapping
+from unim2_core.evaluation.metrics import (
     IGNORE_INDEX,
     SegmentationScores,
     apply_mapping,
     confusion_matrix,
     score,
 )
-from unim2_core.plots import plot_confusion, plot_overlay
-from unim2_core.segmenter import LabelInfo
-from unim2_core.visualize import colorize, overlay
+from unim2_core.evaluation.plots import plot_confusion, plot_overlay
+from unim2_core.runtime.segmenter import LabelInfo
+from unim2_core.runtime.visualize import colorize, overlay
 
 __all__ = [
     "COMPARISONS_DIR",

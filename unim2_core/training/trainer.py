@@ -28,20 +28,20 @@ from torch import Tensor
 from tqdm import tqdm
 
 from unim2_core.atomic import atomic_output, atomic_write_text
-from unim2_core.backbone import Backbone, load_backbone
-from unim2_core.checkpoint import Bundle, ClassMapping, save_bundle
-from unim2_core.config import TrainConfig, config_to_dict
-from unim2_core.datasets import DatasetInfo, FrameGroup, open_dataset
+from unim2_core.data.datasets import DatasetInfo, FrameGroup, open_dataset
+from unim2_core.data.preprocess import PreprocessConfig
 from unim2_core.errors import ConfigError, DataError, TrainingError
-from unim2_core.feature_cache import FeatureStore, ViewSpec, extract_features
-from unim2_core.knn import cached_neighbours
-from unim2_core.loss import LossConfig, cmcs_loss
-from unim2_core.metrics import ConfusionMatrix, SegmentationScores, score
-from unim2_core.model import HeadsConfig, UniM2Heads
-from unim2_core.plots import write_training_plots
-from unim2_core.preprocess import PreprocessConfig
-from unim2_core.segmenter import clusters_from_similarity, resolve_device
-from unim2_core.tracking import Tracker, numeric_metrics, open_tracker
+from unim2_core.evaluation.metrics import ConfusionMatrix, SegmentationScores, score
+from unim2_core.evaluation.plots import write_training_plots
+from unim2_core.model.backbone import Backbone, load_backbone
+from unim2_core.model.checkpoint import Bundle, ClassMapping, save_bundle
+from unim2_core.model.heads import HeadsConfig, UniM2Heads
+from unim2_core.model.loss import LossConfig, cmcs_loss
+from unim2_core.runtime.segmenter import clusters_from_similarity, resolve_device
+from unim2_core.training.config import TrainConfig, config_to_dict
+from unim2_core.training.feature_cache import FeatureStore, ViewSpec, extract_features
+from unim2_core.training.knn import cached_neighbours
+from unim2_core.training.tracking import Tracker, numeric_metrics, open_tracker
 
 STATE_FILE = "state.pt"
 BUNDLE_FILE = "model.unim2.pt"

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from unim2_core.errors import CacheError
-from unim2_core.feature_cache import FeatureStore, atomic_save_npy
+from unim2_core.training.feature_cache import FeatureStore, atomic_save_npy
 
 
 def pooled_descriptors(features: np.ndarray, *, chunk: int = 256) -> torch.Tensor:

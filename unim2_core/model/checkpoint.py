@@ -22,11 +22,11 @@ import torch
 from torch import Tensor
 
 from unim2_core.atomic import atomic_output
-from unim2_core.backbone import BackboneIdentity
-from unim2_core.encoding import ModalityEncoding
+from unim2_core.data.encoding import ModalityEncoding
+from unim2_core.data.preprocess import PreprocessConfig
 from unim2_core.errors import BackboneError, CheckpointError, ConfigError
-from unim2_core.model import HeadsConfig, UniM2Heads
-from unim2_core.preprocess import PreprocessConfig
+from unim2_core.model.backbone import BackboneIdentity
+from unim2_core.model.heads import HeadsConfig, UniM2Heads
 
 FORMAT_NAME = "unim2-checkpoint"
 FORMAT_VERSION = 1

@@ -26,13 +26,13 @@ import numpy as np
 from tqdm import tqdm
 
 from unim2_core.atomic import atomic_write_text
-from unim2_core.checkpoint import Bundle
-from unim2_core.datasets import FrameGroup
+from unim2_core.data.datasets import FrameGroup
+from unim2_core.data.preprocess import paper_protocol_view
 from unim2_core.errors import DataError, EncodingError
-from unim2_core.metrics import SegmentationScores, apply_mapping, confusion_matrix, score
-from unim2_core.plots import plot_confusion, plot_overlay
-from unim2_core.preprocess import paper_protocol_view
-from unim2_core.segmenter import SegmentationResult
+from unim2_core.evaluation.metrics import SegmentationScores, apply_mapping, confusion_matrix, score
+from unim2_core.evaluation.plots import plot_confusion, plot_overlay
+from unim2_core.model.checkpoint import Bundle
+from unim2_core.runtime.segmenter import SegmentationResult
 
 EvalProtocol = Literal["paper", "full"]
 PROTOCOLS: tuple[EvalProtocol, ...] = ("paper", "full")
@@ -43,7 +43,7 @@ OVERLAY_DIR = "overlays"
 
 
 class FrameSegmenter(Protocol):
-    """What evaluation needs of a segmenter (``unim2_core.segmenter.Segmenter``)."""
+    """What evaluation needs of a segmenter (``unim2_core.runtime.segmenter.Segmenter``)."""
 
     bundle: Bundle
 

@@ -14,7 +14,7 @@ Layout under ``root`` (the original ``multimodal_dataset/``, the UniM2 archive's
                                    one stem per line, e.g. ``outscene1208_2_0000000150``
 
 Any subset of rgb, nir, aolp and dolp can be read (rgb always). Arrays follow the raw
-conventions of :mod:`unim2_core.datasets.base`: 16-bit RGB keeps its high byte, NIR keeps its
+conventions of :mod:`unim2_core.data.datasets.base`: 16-bit RGB keeps its high byte, NIR keeps its
 bit depth (a grey NIR stored with three equal channels gives one), AoLP becomes float32 HxWx2
 (sin, cos), DoLP float32 HxW clipped to [0, 1] (DoLP computed from noisy Stokes parameters can
 exceed 1 slightly). Labels are already class ids and are only checked.
@@ -37,7 +37,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from unim2_core.datasets.base import (
+from unim2_core.data.datasets.base import (
     IGNORE_INDEX,
     DatasetInfo,
     FrameGroup,
@@ -50,8 +50,8 @@ from unim2_core.datasets.base import (
     remap_labels,
     select_modalities,
 )
+from unim2_core.data.image_io import read_image, read_npy, rgb8, single_channel
 from unim2_core.errors import DataError
-from unim2_core.image_io import read_image, read_npy, rgb8, single_channel
 
 CLASS_NAMES: tuple[str, ...] = (
     "asphalt",

@@ -50,7 +50,7 @@ from typing import Any, ClassVar, TypedDict
 import numpy as np
 import yaml
 
-from unim2_core.datasets.base import (
+from unim2_core.data.datasets.base import (
     IGNORE_INDEX,
     MODALITIES,
     DatasetInfo,
@@ -64,8 +64,15 @@ from unim2_core.datasets.base import (
     remap_labels,
     select_modalities,
 )
+from unim2_core.data.image_io import (
+    read_image,
+    read_npy,
+    rgb8,
+    single_channel,
+    write_npy,
+    write_png,
+)
 from unim2_core.errors import DataError
-from unim2_core.image_io import read_image, read_npy, rgb8, single_channel, write_npy, write_png
 
 DATASET_YAML = "dataset.yaml"
 LABELS_DIR = "labels"

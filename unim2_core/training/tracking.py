@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from unim2_core.config import LoggingSection
 from unim2_core.errors import TrainingError
+from unim2_core.training.config import LoggingSection
 
 TENSORBOARD_DIR = "tensorboard"
 

@@ -31,10 +31,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from unim2_core.atomic import atomic_output, atomic_write_bytes
-from unim2_core.backbone import Backbone
-from unim2_core.encoding import ModalityEncoding
-from unim2_core.errors import CacheError, DataError, EncodingError
-from unim2_core.preprocess import (
+from unim2_core.data.encoding import ModalityEncoding
+from unim2_core.data.preprocess import (
     Interpolation,
     encode_group,
     label_views,
@@ -43,6 +41,8 @@ from unim2_core.preprocess import (
     to_backbone_batch,
     training_views,
 )
+from unim2_core.errors import CacheError, DataError, EncodingError
+from unim2_core.model.backbone import Backbone
 
 CACHE_VERSION = 2
 ViewKind = Literal["train", "paper", "full"]
@@ -50,7 +50,7 @@ LABELS = "labels"
 
 
 class FrameSource(Protocol):
-    """What the cache needs of a dataset reader (see ``unim2_core.datasets``)."""
+    """What the cache needs of a dataset reader (see ``unim2_core.data.datasets``)."""
 
     stems: tuple[str, ...]
 

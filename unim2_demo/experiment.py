@@ -1,6 +1,6 @@
 """The demo's ROS-free parts: its settings, training configs, scoring and report.
 
-``unim2_demo`` (``unim2_ros.demo``) renders synthetic RGB-D rooms into rosbags, trains an
+``unim2_demo`` (``unim2_demo.run``) renders synthetic RGB-D rooms into rosbags, trains an
 RGB-only and a UniM2 RGB-D model on them, replays held-out rooms through both and through the
 node, and writes a report. Everything here works on plain arrays and files, so it is tested
 without ROS: which configs the two runs use, how the held-out predictions are scored (one
@@ -22,10 +22,10 @@ import numpy as np
 import numpy.typing as npt
 
 from unim2_core.atomic import atomic_write_text
-from unim2_core.image_io import write_png
-from unim2_core.metrics import ConfusionMatrix, SegmentationScores, apply_mapping
-from unim2_core.synthetic_scenes import CLASS_NAMES, IGNORE_LABEL, PALETTE, SceneFrame
-from unim2_core.visualize import colorize
+from unim2_core.data.image_io import write_png
+from unim2_core.evaluation.metrics import ConfusionMatrix, SegmentationScores, apply_mapping
+from unim2_core.runtime.visualize import colorize
+from unim2_demo.synthetic_scenes import CLASS_NAMES, IGNORE_LABEL, PALETTE, SceneFrame
 
 __all__ = [
     "DEMO_SETTINGS",

@@ -1,6 +1,6 @@
 """Dataset readers (NYU-Depth-v2, MFNet, MCubeS, plain folders) yielding raw frame groups."""
 
-from unim2_core.datasets.base import (
+from unim2_core.data.datasets.base import (
     IGNORE_INDEX,
     MODALITIES,
     DatasetInfo,
@@ -9,17 +9,18 @@ from unim2_core.datasets.base import (
     FrameGroup,
     Modality,
     default_palette,
-    open_dataset,
     validate_modality_array,
 )
-from unim2_core.datasets.folder import FolderDataset, load_dataset_yaml, write_frame_group
-from unim2_core.datasets.mcubes import MCubeS
-from unim2_core.datasets.mfnet import MFNet
-from unim2_core.datasets.nyu import NYUDepthV2
+from unim2_core.data.datasets.folder import FolderDataset, load_dataset_yaml, write_frame_group
+from unim2_core.data.datasets.mcubes import MCubeS
+from unim2_core.data.datasets.mfnet import MFNet
+from unim2_core.data.datasets.nyu import NYUDepthV2
+from unim2_core.data.datasets.registry import READERS, open_dataset
 
 __all__ = [
     "IGNORE_INDEX",
     "MODALITIES",
+    "READERS",
     "DatasetInfo",
     "DatasetKind",
     "FolderDataset",

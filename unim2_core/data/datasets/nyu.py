@@ -48,7 +48,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from unim2_core.datasets.base import (
+from unim2_core.data.datasets.base import (
     IGNORE_INDEX,
     DatasetInfo,
     FrameGroup,
@@ -60,8 +60,8 @@ from unim2_core.datasets.base import (
     remap_labels,
     select_modalities,
 )
+from unim2_core.data.image_io import read_image, rgb8, single_channel
 from unim2_core.errors import DataError
-from unim2_core.image_io import read_image, rgb8, single_channel
 
 CLASS_NAMES: tuple[str, ...] = (
     "bed",

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from unim2_core.backbone import Backbone, load_backbone
-from unim2_core.checkpoint import Bundle, load_bundle
-from unim2_core.encoding import ModalityEncoding, check_group
-from unim2_core.preprocess import encode_group, processing_size, to_backbone_batch
+from unim2_core.data.encoding import ModalityEncoding, check_group
+from unim2_core.data.preprocess import encode_group, processing_size, to_backbone_batch
+from unim2_core.model.backbone import Backbone, load_backbone
+from unim2_core.model.checkpoint import Bundle, load_bundle
 
 Device = Literal["cpu", "cuda", "auto"]
 Precision = Literal["fp32", "fp16", "bf16"]

@@ -37,8 +37,14 @@ import numpy as np
 import yaml
 
 from unim2_core.atomic import atomic_write_text
-from unim2_core.config import parse_config
-from unim2_core.demo import (
+from unim2_core.cli import run_cli
+from unim2_core.data.image_io import read_image
+from unim2_core.errors import Unim2Error
+from unim2_core.evaluation.replay_report import JSON_FILE, LABELS_DIR, ReplayResult
+from unim2_core.runtime.segmenter import Segmenter
+from unim2_core.training.config import parse_config
+from unim2_core.training.trainer import train
+from unim2_demo.experiment import (
     DEMO_SETTINGS,
     QUICK_SETTINGS,
     DemoSettings,
@@ -50,17 +56,11 @@ from unim2_core.demo import (
     write_figures,
     write_report,
 )
-from unim2_core.errors import Unim2Error
-from unim2_core.image_io import read_image
-from unim2_core.replay_report import JSON_FILE, LABELS_DIR, ReplayResult
-from unim2_core.segmenter import Segmenter
-from unim2_core.synthetic_scenes import CLASS_NAMES, PALETTE, SceneFrame, generate_sequence
-from unim2_core.trainer import train
+from unim2_demo.synthetic_scenes import CLASS_NAMES, PALETTE, SceneFrame, generate_sequence
+from unim2_ros.bag_import import import_bag
 from unim2_ros.bag_io import BagImageWriter
 from unim2_ros.bag_replay import replay_live, replay_offline
 from unim2_ros.errors import DemoError, NodeConnectionError
-from unim2_train.cli import run_cli
-from unim2_train.import_bag import import_bag
 
 RGB_TOPIC = "/camera/color/image_raw"
 DEPTH_TOPIC = "/camera/depth/image_rect_raw"

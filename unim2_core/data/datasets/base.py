@@ -19,9 +19,9 @@ Labels are HxW uint8 (uint16 when there are more than 255 classes) class ids, wi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NamedTuple, Protocol
+from typing import ClassVar, Literal, NamedTuple, Protocol
 
 import numpy as np
 
@@ -355,46 +355,3 @@ class SplitReader(ABC):
     @abstractmethod
     def _read_frame(self, stem: str) -> FrameGroup:
         """Read and check one frame."""
-
-
-def open_dataset(
-    kind: DatasetKind,
-    root: str | Path,
-    *,
-    split: str,
-    modalities: Sequence[str] | None = None,
-    **options: Any,
-) -> FrameDataset:
-    """Open one split of a dataset.
-
-    Args:
-        kind: "nyu" (:class:`~unim2_core.datasets.nyu.NYUDepthV2`), "mfnet"
-            (:class:`~unim2_core.datasets.mfnet.MFNet`), "mcubes"
-            (:class:`~unim2_core.datasets.mcubes.MCubeS`) or "folder"
-            (:class:`~unim2_core.datasets.folder.FolderDataset`).
-        root: The dataset's root folder (layouts in each reader's module docstring).
-        split: Split name, for example "train", "val", "test" ("all" for folders).
-        modalities: Modalities to yield, "rgb" included; None yields all the dataset has.
-        **options: Reader-specific keyword options (for example ``depth_format`` for NYU).
-
-    Raises:
-        ValueError: Unknown ``kind`` or an option the reader does not accept.
-        DataError: The dataset is missing files or inconsistent.
-    """
-    from unim2_core.datasets import folder, mcubes, mfnet, nyu  # readers import this module
-
-    readers: dict[str, type[SplitReader]] = {
-        "nyu": nyu.NYUDepthV2,
-        "mfnet": mfnet.MFNet,
-        "mcubes": mcubes.MCubeS,
-        "folder": folder.FolderDataset,
-    }
-    if kind not in readers:
-        raise ValueError(f"unknown dataset kind {kind!r}; expected one of {', '.join(readers)}")
-    reader = readers[kind]
-    unknown = sorted(set(options) - reader.OPTIONS)
-    if unknown:
-        accepted = ", ".join(sorted(reader.OPTIONS)) or "none"
-        raise ValueError(f"{kind} accepts no option {', '.join(unknown)}; accepted: {accepted}")
-    factory: Callable[..., SplitReader] = reader
-    return factory(Path(root), split=split, modalities=modalities, **options)

@@ -28,8 +28,8 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from unim2_core.backbone_weights import ARCHITECTURES, check_state_dict, expected_shapes
 from unim2_core.errors import BackboneError
+from unim2_core.model.backbone_weights import ARCHITECTURES, check_state_dict, expected_shapes
 
 if TYPE_CHECKING:
     import onnx

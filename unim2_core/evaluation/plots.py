@@ -23,7 +23,7 @@ from matplotlib.patches import Patch
 
 from unim2_core.atomic import atomic_write_bytes
 from unim2_core.errors import TrainingError
-from unim2_core.metrics import IGNORE_INDEX
+from unim2_core.evaluation.metrics import IGNORE_INDEX
 
 LOSS_PLOT = "loss.png"
 VAL_PLOT = "val_miou.png"
@@ -232,7 +232,8 @@ def colorize_classes(
 ) -> np.ndarray:
     """Colour an HxW evaluation id map with ``palette`` [n, 3]: ignore pixels black, ids outside
     the palette (unmatched clusters, given as -1) grey. Returns HxWx3 uint8. Unlike
-    :func:`unim2_core.visualize.colorize` (the node's strict version) it accepts such ids."""
+    :func:`unim2_core.runtime.visualize.colorize` (the node's strict version) it accepts such
+    ids."""
     ids = np.asarray(ids, dtype=np.int64)
     out = np.empty((*ids.shape, 3), dtype=np.uint8)
     out[:] = UNMATCHED_COLOR

@@ -16,7 +16,7 @@ Labels are shifted once, on reading: 0 -> 255 (ignore) and k -> k - 1, giving th
 car, person, bike, curve, car_stop, guardrail, color_cone, bump. The palette is the dataset's
 own (MFNet-pytorch). Without a ``labels/`` folder frames carry no labels.
 
-OpenCV decodes PNGs as BGRA; :func:`unim2_core.image_io.read_image` restores the file's
+OpenCV decodes PNGs as BGRA; :func:`unim2_core.data.image_io.read_image` restores the file's
 R, G, B, thermal order before the channels are split.
 
 Sources: yuxiangsun/RTFNet ``util/MF_dataset.py`` (``images/``, ``labels/``, ``<split>.txt``);
@@ -32,7 +32,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from unim2_core.datasets.base import (
+from unim2_core.data.datasets.base import (
     IGNORE_INDEX,
     DatasetInfo,
     FrameGroup,
@@ -43,8 +43,8 @@ from unim2_core.datasets.base import (
     remap_labels,
     select_modalities,
 )
+from unim2_core.data.image_io import read_image, rgb8, single_channel
 from unim2_core.errors import DataError
-from unim2_core.image_io import read_image, rgb8, single_channel
 
 CLASS_NAMES: tuple[str, ...] = (
     "car",

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unim2_core.encoding import ModalityEncoding, check_group
+from unim2_core.data.encoding import ModalityEncoding, check_group
 from unim2_core.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
