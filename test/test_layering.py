@@ -71,7 +71,7 @@ def imports_of(source: str, module: str, is_package: bool) -> Iterator[Import]:
 
 def import_graph(root: Path, package_dirs: dict[str, str]) -> list[Import]:
     """The imports of every module of the given packages under ``root``."""
-    found = []
+    found: list[Import] = []
     for package, directory in package_dirs.items():
         package_dir = root / directory
         for path in sorted(package_dir.rglob("*.py")):
@@ -96,7 +96,7 @@ def _top(name: str) -> str:
 
 def check(graph: list[Import]) -> list[Violation]:
     """Every import in ``graph`` that breaks the rules of this module's docstring."""
-    violations = []
+    violations: list[Violation] = []
     for imp in graph:
         source, target = _top(imp.module), _top(imp.target)
         where = f"{imp.module}:{imp.line}"
