@@ -1,5 +1,5 @@
-"""Tests of unim2_core.evaluation.replay_report: latency statistics, sequence scoring, video,
-output folder.
+"""Tests of the replay outputs (unim2_core.evaluation.replay_scores, replay_video,
+replay_writer, replay_report): latency statistics, sequence scoring, video, output folder.
 
 Scores are checked against confusion matrices and IoUs worked out by hand, latency statistics
 against hand-computed order statistics, videos by decoding them with OpenCV.
@@ -27,15 +27,11 @@ from unim2_core.evaluation.replay_report import (
     REPORT_FILE,
     VIDEO_FILE,
     ReplaySetup,
-    ReplayWriter,
-    SequenceScorer,
-    check_output_folder,
-    fps_from_stamps,
     frame_stem,
-    latency_stats,
-    score_sequence,
-    write_video,
 )
+from unim2_core.evaluation.replay_scores import SequenceScorer, latency_stats, score_sequence
+from unim2_core.evaluation.replay_video import fps_from_stamps, write_video
+from unim2_core.evaluation.replay_writer import ReplayWriter, check_output_folder
 from unim2_core.runtime.segmenter import LabelInfo
 from unim2_core.runtime.visualize import colorize, overlay
 

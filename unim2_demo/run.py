@@ -40,7 +40,8 @@ from unim2_core.atomic import atomic_write_text
 from unim2_core.cli import run_cli
 from unim2_core.data.image_io import read_image
 from unim2_core.errors import Unim2Error
-from unim2_core.evaluation.replay_report import JSON_FILE, LABELS_DIR, ReplayResult
+from unim2_core.evaluation.replay_report import JSON_FILE, LABELS_DIR
+from unim2_core.evaluation.replay_writer import ReplayResult
 from unim2_core.runtime.segmenter import Segmenter
 from unim2_core.training.config import parse_config
 from unim2_core.training.trainer import train

@@ -48,7 +48,7 @@ frames by RGB header stamp (:class:`LabelFolder`). Class names come from ``class
 given, else from the label folder's ``dataset.yaml``, else from the model (the checkpoint's class
 mapping offline; the node's ``label_info`` when its labels are classes), else they are
 ``class 0 ..`` up to the largest id seen. Scoring, outputs and report:
-``unim2_core.evaluation.replay_report``.
+``unim2_core.evaluation`` (``replay_scores``, ``replay_writer``, ``replay_report``).
 
 **Errors**: a missing bag, a named topic not in the bag (the message lists the bag's image
 topics), an undecodable message (strict, the default; the message names topic and log time;
@@ -97,7 +97,8 @@ from unim2_core.data.datasets.folder import DATASET_YAML, LABELS_DIR, load_datas
 from unim2_core.data.image_io import read_image, single_channel
 from unim2_core.errors import ConfigError, DataError, EncodingError, Unim2Error
 from unim2_core.evaluation.metrics import IGNORE_INDEX
-from unim2_core.evaluation.replay_report import FrameSource, ReplayResult, ReplaySetup, ReplayWriter
+from unim2_core.evaluation.replay_report import ReplaySetup
+from unim2_core.evaluation.replay_writer import FrameSource, ReplayResult, ReplayWriter
 from unim2_core.runtime.segmenter import DEVICES, PRECISIONS, Segmenter
 from unim2_core.runtime.sync import ApproximateTimeSynchronizer
 from unim2_ros.bag_io import (
