@@ -55,7 +55,13 @@ from rosbags.typesys.store import Typestore
 
 from unim2_core.runtime.sync import ApproximateTimeSynchronizer
 from unim2_ros.errors import BagError, ImageConversionError
-from unim2_ros.image_conversion import RGB8_SOURCES, array_to_image, image_to_array, to_rgb8
+from unim2_ros.image_conversion import (
+    RGB8_SOURCES,
+    array_to_image,
+    header_stamp_ns,
+    image_to_array,
+    to_rgb8,
+)
 
 __all__ = [
     "CAMERA_INFO_TYPE",
@@ -79,7 +85,6 @@ __all__ = [
     "QosPreset",
     "SkippedMessage",
     "StorageFormat",
-    "header_stamp_ns",
     "typestore",
 ]
 
@@ -171,11 +176,6 @@ LABELS_ROLE = "labels"
 def typestore() -> Typestore:
     """The ``rosbags`` type store used to decode and encode messages (ROS 2 Kilted)."""
     return get_typestore(Stores.ROS2_KILTED)
-
-
-def header_stamp_ns(header: Any) -> int:
-    """Returns a std_msgs/Header's stamp in integer nanoseconds."""
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
 class ImageHeader(NamedTuple):

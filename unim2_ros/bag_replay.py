@@ -111,12 +111,11 @@ from unim2_ros.bag_io import (
     FrameGroupStream,
     FrameStats,
     StorageFormat,
-    header_stamp_ns,
     typestore,
 )
 from unim2_ros.bag_record import adapted_qos, bag_qos
 from unim2_ros.errors import ImageConversionError, NodeConnectionError, ReplayError
-from unim2_ros.image_conversion import image_to_array
+from unim2_ros.image_conversion import header_stamp_ns, image_to_array
 from unim2_ros.label_info import LabelInfoDocument, parse_label_info
 from unim2_ros.node_parameters import NODE_PARAMETERS, QOS_NAMES, QosName
 
@@ -400,7 +399,7 @@ def replay_offline(
         bag: rosbag2 folder, ``.db3`` or ``.mcap``.
         segmenter: The model; its label table gives the output ids, names and colours.
         topics: Modality -> Image topic; every modality of the model is needed ("rgb" first).
-        out_dir: Output folder, new or empty (``unim2_core.evaluation.replay_report``).
+        out_dir: Output folder, new or empty (``unim2_core.evaluation.replay_writer``).
         label_topic: Image topic of ground-truth class ids in the bag.
         label_dir: Folder of ground-truth PNGs (:class:`LabelFolder`).
         class_names: Names of the ground-truth classes (default: module docstring).

@@ -290,3 +290,12 @@ def _checked_pixels(array: npt.ArrayLike, encoding: str, layout: ImageLayout) ->
             f"{encoding!r} needs an array of shape {expected}, got {pixels.shape}"
         )
     return pixels
+
+
+def header_stamp_ns(header: Any) -> int:
+    """A std_msgs/Header's stamp in integer nanoseconds (rclpy messages and bag dataclasses).
+
+    The one conversion the node (synchroniser, latency) and the bag tools (frame names, replay
+    matching) share, so a frame's stamp is the same number everywhere.
+    """
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)

@@ -87,7 +87,7 @@ from unim2_core.runtime.sync import ApproximateTimeSynchronizer
 from unim2_core.runtime.visualize import colorize, overlay
 from unim2_ros.errors import InputRejectedError
 from unim2_ros.frame_inputs import modality_array
-from unim2_ros.image_conversion import array_to_image
+from unim2_ros.image_conversion import array_to_image, header_stamp_ns
 from unim2_ros.label_info import label_info_json
 from unim2_ros.node_parameters import (
     NODE_PARAMETERS,
@@ -122,10 +122,6 @@ class _OutputOptions(NamedTuple):
     colored: bool
     overlay: bool
     overlay_alpha: float
-
-
-def _stamp_ns(header: Header) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
 def _qos(name: QosName) -> QoSProfile:
@@ -335,7 +331,7 @@ class SegmentationNode(Node):
         except InputRejectedError as err:
             self._refuse(index, err.reason, str(err))
             return
-        group = self._sync.add(index, _stamp_ns(msg.header), _Frame(msg.header, array))
+        group = self._sync.add(index, header_stamp_ns(msg.header), _Frame(msg.header, array))
         if group is not None and self._slot.put(group):
             self._monitor.record_stale_drop()
 
@@ -402,7 +398,7 @@ class SegmentationNode(Node):
             if self.context.ok():
                 raise
             return  # SIGINT / SIGTERM shut the context down while this group was segmented
-        latency_ns = self.get_clock().now().nanoseconds - _stamp_ns(rgb.header)
+        latency_ns = self.get_clock().now().nanoseconds - header_stamp_ns(rgb.header)
         self._monitor.record_segmented(time.monotonic(), inference_s, latency_ns * 1e-9)
 
     def _blame(self, err: EncodingError) -> int:
