@@ -1,4 +1,5 @@
-"""Tests of unim2_ros.bag_replay: real rosbag2 files, the real Segmenter and the real node.
+"""Tests of unim2_ros.replay (offline, live, CLI) and its ground truth: real rosbag2 files, the
+real Segmenter and the real node.
 
 Bags are written with BagImageWriter from synthetic RGB-D frames (64x48) with known labels.
 Offline replays are compared with calling the Segmenter directly on the same frames, scores with
@@ -49,7 +50,7 @@ from unim2_core.model.checkpoint import Bundle, ClassMapping, save_bundle
 from unim2_core.runtime.segmenter import Segmenter
 from unim2_demo.synthetic_scenes import CLASS_NAMES, IGNORE_LABEL, SceneFrame, generate_sequence
 from unim2_ros.bag_io import IMAGE_TYPE, STRING_TYPE, BagImageWriter, BagReader, StorageFormat
-from unim2_ros.bag_replay import (
+from unim2_ros.replay import (
     OUTPUT_BAG,
     LabelFolder,
     main,

@@ -49,6 +49,21 @@ def read_image(path: Path) -> np.ndarray:
     return np.asarray(image)
 
 
+def read_label_image(path: Path) -> np.ndarray:
+    """Decode a label image of ids: HxW, 8 or 16 bit (grey stored as RGB reduced to one channel).
+
+    Dataset readers and the replay's label folders read ground truth through this one function,
+    so both accept and refuse the same files.
+
+    Raises:
+        DataError: The file cannot be decoded, is not single-channel, or is not 8 or 16 bit.
+    """
+    labels = single_channel(read_image(path), source=path)
+    if labels.dtype not in _PNG_DTYPES:
+        raise DataError(f"label file {str(path)!r} is {labels.dtype}; expected 8 or 16 bit")
+    return labels
+
+
 def read_npy(path: Path) -> np.ndarray:
     """Load a ``.npy`` array (pickles refused).
 

@@ -66,6 +66,7 @@ from unim2_core.data.datasets.base import (
 )
 from unim2_core.data.image_io import (
     read_image,
+    read_label_image,
     read_npy,
     rgb8,
     single_channel,
@@ -286,7 +287,7 @@ class FolderDataset(SplitReader):
         label_path = self._labels.get(stem)
         if label_path is not None:
             sources["labels"] = label_path
-            raw = single_channel(read_image(label_path), source=label_path)
+            raw = read_label_image(label_path)
             n_classes = len(self.info.class_names)
             labels = remap_labels(
                 raw,
