@@ -276,6 +276,8 @@ class BagFrame(NamedTuple):
             owning its memory, in the order the topics were given ("rgb" first).
         labels: HxW uint8 / uint16 class ids from the label topic, or None without one.
         headers: Modality name (and ``"labels"``) -> original Image header.
+        log_times_ns: Modality name (and ``"labels"``) -> log time of its message, with which
+            :meth:`BagReader.image_at` reads it again.
     """
 
     stamp_ns: int
@@ -283,6 +285,7 @@ class BagFrame(NamedTuple):
     arrays: dict[str, npt.NDArray[Any]]
     labels: npt.NDArray[Any] | None
     headers: dict[str, ImageHeader]
+    log_times_ns: dict[str, int]
 
 
 class FrameStats(NamedTuple):
@@ -432,6 +435,45 @@ class BagReader:
             strict=strict,
         )
 
+    def image_at(self, topic: str, role: str, timestamp_ns: int, stamp_ns: int) -> npt.NDArray[Any]:
+        """One Image read again by its log time, converted as :meth:`frame_groups` converts it.
+
+        Only the messages logged at ``timestamp_ns`` are read (the storage's time index), so a
+        replay draws a few frames it has streamed before without a second pass over the bag.
+
+        Args:
+            topic: The Image topic.
+            role: A modality of :data:`MODALITY_ENCODINGS`, or :data:`LABELS_ROLE`.
+            timestamp_ns: The message's log time (:attr:`BagFrame.log_times_ns`).
+            stamp_ns: Its header stamp, which tells it from others logged at the same time.
+
+        Raises:
+            BagError: The topic is not an Image topic of the bag, the message is not in it, or
+                it cannot be decoded or converted.
+        """
+        item = _Input(
+            role, topic, LABEL_ENCODINGS if role == LABELS_ROLE else MODALITY_ENCODINGS[role]
+        )
+        connections = self._connections([topic], expected_type=IMAGE_TYPE)
+        messages = self._decoded(
+            connections,
+            strict=True,
+            on_skip=self.skipped.append,
+            start_ns=timestamp_ns,
+            stop_ns=timestamp_ns + 1,
+        )
+        for message in messages:
+            if header_stamp_ns(message.msg.header) == stamp_ns:
+                try:
+                    return _converted(message.msg, item)
+                except ImageConversionError as err:
+                    skip = SkippedMessage(topic, timestamp_ns, str(err))
+                    raise self._bad_message(skip) from err
+        raise BagError(
+            f"bag {str(self.path)!r} has no message on {topic!r} logged at {timestamp_ns} ns "
+            f"with header stamp {stamp_ns} ns"
+        )
+
     def _connections(self, topics: list[str], *, expected_type: str | None) -> list[Connection]:
         """Returns the connections of ``topics`` after checking they exist with a usable type."""
         if not self._reader.is_open:
@@ -465,10 +507,14 @@ class BagReader:
         *,
         strict: bool,
         on_skip: Callable[[SkippedMessage], None],
+        start_ns: int | None = None,
+        stop_ns: int | None = None,
     ) -> Iterator[BagMessage]:
         store = typestore()
         try:
-            for connection, timestamp, data in self._reader.messages(connections):
+            for connection, timestamp, data in self._reader.messages(
+                connections, start=start_ns, stop=stop_ns
+            ):
                 try:
                     msg = store.deserialize_cdr(data, connection.msgtype)
                 except SerdeError as err:
@@ -581,9 +627,11 @@ class FrameGroupStream:
         arrays: dict[str, npt.NDArray[Any]] = {}
         headers: dict[str, ImageHeader] = {}
         labels = None
+        log_times: dict[str, int] = {}
         for item, (message, array) in zip(self._inputs, group, strict=True):
             header = message.msg.header
             headers[item.role] = ImageHeader(str(header.frame_id), header_stamp_ns(header))
+            log_times[item.role] = message.timestamp_ns
             if item.role == LABELS_ROLE:
                 labels = array
             else:
@@ -594,6 +642,7 @@ class FrameGroupStream:
             arrays=arrays,
             labels=labels,
             headers=headers,
+            log_times_ns=log_times,
         )
 
 

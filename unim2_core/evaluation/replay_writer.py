@@ -82,8 +82,8 @@ class _PackedLabels(NamedTuple):
 
 FrameSource = Callable[[frozenset[int]], Iterable[tuple[int, np.ndarray, np.ndarray]]]
 """Reads frames again: given frame positions, yields ``(position, rgb, ground truth)`` of each
-(the replay keeps no frame in memory, so the comparison figures of the best and worst frames
-are drawn from a second read of the bag)."""
+(the replay keeps no RGB frame in memory, so the comparison figures of the best and worst
+frames are drawn from those frames read again from the bag)."""
 
 
 class ReplayResult(NamedTuple):

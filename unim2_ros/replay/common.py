@@ -20,9 +20,9 @@ from tqdm import tqdm
 from unim2_core.errors import ConfigError
 from unim2_core.evaluation.ground_truth import GroundTruth, resolve_ground_truth
 from unim2_core.evaluation.replay_report import ReplayMode, ReplaySetup
-from unim2_core.evaluation.replay_writer import FrameSource, ReplayResult, ReplayWriter
+from unim2_core.evaluation.replay_writer import ReplayResult, ReplayWriter
 from unim2_core.runtime.segmenter import LabelInfo
-from unim2_ros.bag_io import BagFrame, BagReader, FrameGroupStream
+from unim2_ros.bag_io import LABELS_ROLE, BagFrame, BagReader, FrameGroupStream
 from unim2_ros.node_parameters import NODE_PARAMETERS
 
 __all__ = [
@@ -68,6 +68,15 @@ def progress_bar(
     return bar
 
 
+class _Located(NamedTuple):
+    """Where a streamed frame's RGB and label-topic messages are in the bag."""
+
+    stamp_ns: int
+    rgb_log_ns: int
+    labels: tuple[int, int] | None
+    """Log time and header stamp of its label-topic message, or None."""
+
+
 class ReplayPass(NamedTuple):
     """One replay's frame stream, ground truth and output folder (:func:`start_pass`).
 
@@ -77,8 +86,8 @@ class ReplayPass(NamedTuple):
         truth: The ground truth.
         stream: The bag's synchronised frame groups of ``topics`` (and the label topic).
         writer: The output folder.
-        queue_size: Synchroniser queue size of ``stream``.
-        slop: Synchroniser slop of ``stream``, seconds.
+        located: Position -> where the messages of each frame with labels and ground truth
+            are, so the report's comparison figures read just those again.
     """
 
     reader: BagReader
@@ -86,8 +95,7 @@ class ReplayPass(NamedTuple):
     truth: GroundTruth
     stream: FrameGroupStream
     writer: ReplayWriter
-    queue_size: int
-    slop: float
+    located: dict[int, _Located]
 
     def add(
         self, index: int, frame: BagFrame, labels: npt.NDArray[Any] | None, latency_ms: float | None
@@ -98,14 +106,16 @@ class ReplayPass(NamedTuple):
             DataError: As :meth:`ReplayWriter.add_frame`, or ground truth that does not fit.
         """
         rgb = frame.arrays["rgb"]
-        self.writer.add_frame(
-            index,
-            frame.stamp_ns,
-            rgb,
-            labels,
-            self.truth.labels(frame.stamp_ns, frame.labels, rgb),
-            latency_ms,
-        )
+        truth = self.truth.labels(frame.stamp_ns, frame.labels, rgb)
+        self.writer.add_frame(index, frame.stamp_ns, rgb, labels, truth, latency_ms)
+        if labels is not None and truth is not None:
+            self.located[index] = _Located(
+                frame.stamp_ns,
+                frame.log_times_ns["rgb"],
+                None
+                if self.truth.topic is None
+                else (frame.log_times_ns[LABELS_ROLE], frame.headers[LABELS_ROLE].stamp_ns),
+            )
 
     def finish(self, counts: dict[str, int], *, output_bag: Path | None = None) -> ReplayResult:
         """Writes the report once the stream is exhausted; ``counts`` gain the label folder's
@@ -122,10 +132,26 @@ class ReplayPass(NamedTuple):
             not_in_group=stats.dropped,
             counts=counts,
             output_bag=output_bag,
-            frame_source=_frame_source(
-                self.reader, self.topics, self.truth, queue_size=self.queue_size, slop=self.slop
-            ),
+            frame_source=self._frame_source,
         )
+
+    def _frame_source(
+        self, positions: frozenset[int]
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """The RGB and ground truth of streamed frames, for the report's comparison figures.
+
+        Each frame's messages are read again by their log times (:meth:`BagReader.image_at`),
+        not by a second pass over the bag.
+        """
+        for position in sorted(positions):
+            where = self.located[position]
+            rgb = self.reader.image_at(self.topics["rgb"], "rgb", where.rgb_log_ns, where.stamp_ns)
+            topic_labels = None
+            if where.labels is not None and self.truth.topic is not None:
+                topic_labels = self.reader.image_at(self.truth.topic, LABELS_ROLE, *where.labels)
+            truth = self.truth.labels(where.stamp_ns, topic_labels, rgb)
+            if truth is not None:
+                yield position, rgb, truth
 
 
 def start_pass(
@@ -205,36 +231,4 @@ def start_pass(
         overlay_alpha=overlay_alpha,
         video=video,
     )
-    return ReplayPass(reader, used, truth, stream, writer, queue_size, slop)
-
-
-def _frame_source(
-    reader: BagReader,
-    topics: Mapping[str, str],
-    truth: GroundTruth,
-    *,
-    queue_size: int,
-    slop: float,
-) -> FrameSource:
-    """Reads the replay's frames again, by position, for the report's comparison figures.
-
-    The groups are formed with the replay's settings, so positions agree; the read is lenient
-    because a strict replay has already met no undecodable message.
-    """
-
-    def frames(positions: frozenset[int]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        if not positions:
-            return
-        stream = reader.frame_groups(
-            topics, label_topic=truth.topic, queue_size=queue_size, slop=slop, strict=False
-        )
-        for index, frame in enumerate(stream):
-            if index in positions:
-                rgb = frame.arrays["rgb"]
-                labels = truth.labels(frame.stamp_ns, frame.labels, rgb)
-                if labels is not None:
-                    yield index, rgb, labels
-            if index >= max(positions):
-                return
-
-    return frames
+    return ReplayPass(reader, used, truth, stream, writer, {})
