@@ -60,8 +60,8 @@ from unim2_demo.experiment import (
 from unim2_demo.synthetic_scenes import CLASS_NAMES, PALETTE, SceneFrame, generate_sequence
 from unim2_ros.bag_import import import_bag
 from unim2_ros.bag_io import BagImageWriter
-from unim2_ros.replay import replay_live, replay_offline
 from unim2_ros.errors import DemoError, NodeConnectionError
+from unim2_ros.replay import replay_live, replay_offline
 
 RGB_TOPIC = "/camera/color/image_raw"
 DEPTH_TOPIC = "/camera/depth/image_rect_raw"
