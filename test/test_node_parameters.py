@@ -63,7 +63,8 @@ def test_settings_need_a_checkpoint() -> None:
     ("name", "value", "match"),
     [
         ("model.precision", "int8", r"model.precision must be one of fp32, fp16, bf16; got 'int8'"),
-        ("model.device", "tpu", r"model.device must be one of cpu, cuda, auto"),
+        ("model.device", "tpu", r"model.device must be one of cpu, cuda, cuda:N .*; got 'tpu'"),
+        ("model.device", "cuda:x", r"model.device must be one of cpu, cuda, cuda:N"),
         ("qos.input", "best_effort", r"qos.input must be one of sensor_data, reliable"),
         ("qos.output", "", r"qos.output must be one of"),
         ("model.input_size", -14, r"model.input_size must be >= 0"),

@@ -1,4 +1,10 @@
-"""Shared command-line plumbing: config arguments and the ``ERROR: ...`` exit convention."""
+"""Shared command-line plumbing: the options every command spells the same way, and the
+``ERROR: ...`` exit convention.
+
+Conventions (README, "Command-line conventions"): ``--out`` names the output folder,
+``--restart`` discards a previous run's state (``--fresh`` is its old spelling in
+``unim2_demo``), ``--no-progress`` hides progress bars, ``--device`` picks where a model runs.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from unim2_core.device import DEVICE_HELP, device_problem
 from unim2_core.errors import Unim2Error
 
 
@@ -20,6 +27,41 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set train.steps=500 (repeatable)",
     )
+
+
+def device_argument(text: str) -> str:
+    """argparse type of ``--device``: a device name spelled as every command accepts it."""
+    problem = device_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def add_device_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--device``: where the model runs (overrides ``train.device`` of a config)."""
+    parser.add_argument(
+        "--device",
+        type=device_argument,
+        help=f"where the model runs: {DEVICE_HELP} (default: train.device of the config, auto)",
+    )
+
+
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``: hide progress bars (they are shown by default)."""
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_restart_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--restart`` (``--fresh`` accepted as an alias): discard a previous run's state."""
+    parser.add_argument("--restart", "--fresh", dest="restart", action="store_true", help=help_text)
+
+
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    """The ``--set`` overrides, plus ``train.device`` when ``--device`` was given."""
+    overrides: list[str] = list(args.overrides)
+    if getattr(args, "device", None) is not None:
+        overrides.append(f"train.device={args.device}")
+    return overrides
 
 
 def run_cli(body: Callable[[], int]) -> int:

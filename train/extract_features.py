@@ -20,18 +20,25 @@ from unim2_core.distributed import init_from_environment, shutdown
 from unim2_core.knn import cached_neighbours
 from unim2_core.trainer import open_splits, prepare_caches
 
-from .cli import add_config_arguments, run_cli
+from .cli import (
+    add_config_arguments,
+    add_device_argument,
+    add_progress_argument,
+    config_overrides,
+    run_cli,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and extract every split's features for the config."""
     parser = argparse.ArgumentParser(prog="unim2_extract", description=__doc__.split("\n")[0])
     add_config_arguments(parser)
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_device_argument(parser)
+    add_progress_argument(parser)
     args = parser.parse_args(argv)
 
     def body() -> int:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, config_overrides(args))
         context = init_from_environment(config.train.device)
         try:
             backbone = load_backbone(

@@ -30,7 +30,13 @@ from unim2_core.search import (
     run_search,
 )
 
-from .cli import add_config_arguments, run_cli
+from .cli import (
+    add_config_arguments,
+    add_device_argument,
+    add_progress_argument,
+    config_overrides,
+    run_cli,
+)
 
 
 def _csv(text: str, flag: str) -> list[str]:
@@ -91,13 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         "--startup-trials", type=int, default=10, help="random trials before TPE (default 10)"
     )
     parser.add_argument("--no-prune", action="store_true", help="never stop a trial early")
-    parser.add_argument("--progress", action="store_true", help="show each trial's progress bar")
+    add_device_argument(parser)
+    add_progress_argument(parser)
+    parser.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)  # deprecated
     args = parser.parse_args(argv)
     if args.trials < 1:
         parser.error("--trials must be >= 1")
 
     def body() -> int:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, config_overrides(args))
         out = Path(args.out) if args.out else Path(config.output_dir) / "search"
         result = run_search(
             config,
@@ -109,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             pruner=optuna.pruners.NopPruner() if args.no_prune else None,
             startup_trials=args.startup_trials,
-            progress=args.progress,
+            progress=not args.no_progress,
         )
         print(format_result(result), end="")
         if result.best_number is None:

@@ -8,7 +8,14 @@ import json
 from unim2_core.config import load_config
 from unim2_core.trainer import train
 
-from .cli import add_config_arguments, run_cli
+from .cli import (
+    add_config_arguments,
+    add_device_argument,
+    add_progress_argument,
+    add_restart_argument,
+    config_overrides,
+    run_cli,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,12 +26,19 @@ def main(argv: list[str] | None = None) -> int:
         "resumes from its output_dir when started again with the same config.",
     )
     add_config_arguments(parser)
-    parser.add_argument("--restart", action="store_true", help="discard a previous run's state")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--out", help="output folder of the run (default: output_dir of the config)"
+    )
+    add_restart_argument(parser, "discard a previous run's state and start from step 0")
+    add_device_argument(parser)
+    add_progress_argument(parser)
     args = parser.parse_args(argv)
 
     def body() -> int:
-        config = load_config(args.config, args.overrides)
+        overrides = config_overrides(args)
+        if args.out is not None:
+            overrides.append(f"output_dir={args.out}")
+        config = load_config(args.config, overrides)
         result = train(config, restart=args.restart, progress=not args.no_progress)
         print(json.dumps(result.metrics, indent=2))
         print(f"model: {result.bundle_path}")

@@ -35,10 +35,11 @@ from torch import Tensor
 from unim2_core.atomic import atomic_write_text
 from unim2_core.backbone import load_backbone
 from unim2_core.config import TrainConfig
+from unim2_core.device import resolve_device
 from unim2_core.errors import ConfigError, DataError
 from unim2_core.feature_cache import FeatureStore
 from unim2_core.metrics import ConfusionMatrix, SegmentationScores
-from unim2_core.segmenter import clusters_from_similarity, resolve_device
+from unim2_core.segmenter import clusters_from_similarity
 from unim2_core.trainer import Trainer, open_splits, prepare_caches
 
 Variant = Literal["kmeans_rgb", "kmeans_rgbx", "rgb_only", "naive", "unim2"]

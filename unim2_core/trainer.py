@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import pickle
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from unim2_core.backbone import Backbone, load_backbone
 from unim2_core.checkpoint import Bundle, ClassMapping, save_bundle
 from unim2_core.config import TrainConfig, config_to_dict
 from unim2_core.datasets import DatasetInfo, FrameGroup, open_dataset
+from unim2_core.device import resolve_device
 from unim2_core.errors import ConfigError, DataError, TrainingError
 from unim2_core.feature_cache import FeatureStore, ViewSpec, extract_features
 from unim2_core.knn import cached_neighbours
@@ -40,7 +40,8 @@ from unim2_core.metrics import ConfusionMatrix, SegmentationScores, score
 from unim2_core.model import HeadsConfig, UniM2Heads
 from unim2_core.plots import write_training_plots
 from unim2_core.preprocess import PreprocessConfig
-from unim2_core.segmenter import clusters_from_similarity, resolve_device
+from unim2_core.segmenter import clusters_from_similarity
+from unim2_core.torch_files import load_torch_file
 from unim2_core.tracking import Tracker, numeric_metrics, open_tracker
 
 STATE_FILE = "state.pt"
@@ -380,11 +381,17 @@ class Trainer:
 
     def _resume(self) -> None:
         try:
-            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+            loaded = load_torch_file(
+                self.state_path, what="a unim2 training state", error=TrainingError
+            )
+        except TrainingError as err:
+            raise TrainingError(f"cannot resume: {err}; pass --restart to start over") from err
+        if not isinstance(loaded, dict) or "config" not in loaded:
             raise TrainingError(
-                f"cannot resume from {str(self.state_path)!r}: {err}; pass --restart to start over"
-            ) from err
+                f"cannot resume: {str(self.state_path)!r} is not a unim2 training state; pass "
+                "--restart to start over"
+            )
+        state: dict[str, Any] = loaded
         if state.get("config") != self.plain_config:
             raise TrainingError(
                 f"{str(self.output_dir)!r} holds a run with a different configuration; use another "

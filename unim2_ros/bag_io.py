@@ -34,7 +34,7 @@ import sqlite3
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -55,6 +55,7 @@ from rosbags.typesys.store import Typestore
 from unim2_core.sync import ApproximateTimeSynchronizer
 from unim2_ros.errors import BagError, ImageConversionError
 from unim2_ros.image_conversion import RGB8_SOURCES, array_to_image, image_to_array, to_rgb8
+from unim2_ros.node_parameters import SPECS_BY_NAME
 
 __all__ = [
     "CAMERA_INFO_TYPE",
@@ -86,11 +87,12 @@ IMAGE_TYPE = "sensor_msgs/msg/Image"
 STRING_TYPE = "std_msgs/msg/String"
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 
-DEFAULT_QUEUE_SIZE = 10
-"""Synchroniser queue size per input, as message_filters' usual default."""
+DEFAULT_QUEUE_SIZE = int(cast(int, SPECS_BY_NAME["sync.queue_size"].default))
+"""Synchroniser queue size per input: the node's ``sync.queue_size`` default."""
 
-DEFAULT_SLOP = 0.02
-"""Largest stamp spread of a synchronised group, in seconds (well below a 30 Hz frame period)."""
+DEFAULT_SLOP = float(cast(float, SPECS_BY_NAME["sync.slop"].default))
+"""Largest stamp spread of a synchronised group, in seconds: the node's ``sync.slop`` default,
+so a bag imported for training groups its frames as the node would on the robot."""
 
 StorageFormat = Literal["sqlite3", "mcap"]
 QosPreset = Literal["default", "sensor_data", "latched"]

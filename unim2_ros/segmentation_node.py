@@ -73,6 +73,7 @@ from std_msgs.msg import Header, String
 
 from unim2_core.backbone import load_backbone
 from unim2_core.checkpoint import Bundle, load_bundle
+from unim2_core.device import DEVICE_HELP
 from unim2_core.encoding import ModalityEncoding
 from unim2_core.errors import (
     BackboneError,
@@ -140,6 +141,8 @@ def _descriptor(spec: ParameterSpec) -> ParameterDescriptor:
     descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
     if spec.choices:
         descriptor.additional_constraints = f"one of: {', '.join(spec.choices)}"
+    elif spec.name == "model.device":
+        descriptor.additional_constraints = DEVICE_HELP
     if spec.minimum is not None and spec.maximum is not None:
         if isinstance(spec.default, int) and not isinstance(spec.default, bool):
             descriptor.integer_range = [
@@ -178,6 +181,8 @@ def _load_segmenter(bundle: Bundle, settings: NodeSettings) -> Segmenter:
         ) from err
     except ValueError as err:
         raise ConfigError(f"parameter model.device {settings.device!r}: {err}") from err
+    except ConfigError as err:  # a device torch does not see
+        raise ConfigError(f"parameter model.device: {err}") from err
 
 
 class SegmentationNode(Node):
