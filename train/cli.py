@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 
 from unim2_core.device import DEVICE_HELP, device_problem
-from unim2_core.errors import Unim2Error
+from unim2_core.errors import Interrupted, Unim2Error
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,12 +65,19 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run_cli(body: Callable[[], int]) -> int:
-    """Run a command body; our errors become ``ERROR: ...`` on stderr and exit status 1."""
+    """Run a command body; our errors become ``ERROR: ...`` on stderr and exit status 1.
+
+    Ctrl-C exits with 130 after one line; a command that saved its work when interrupted
+    (:class:`Interrupted`) says where it stopped and exits with 128 + the signal number.
+    """
     try:
         return body()
     except Unim2Error as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 1
+    except Interrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        return 128 + err.signal_number
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from unim2_core.config import load_config
-from unim2_core.trainer import train
+from unim2_core.trainer import Trainer
 
 from .cli import (
     add_config_arguments,
@@ -22,8 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments, load the config, train, print where the model is."""
     parser = argparse.ArgumentParser(
         prog="unim2_train",
-        description="Train UniM2 heads on cached frozen-backbone features. An interrupted run "
-        "resumes from its output_dir when started again with the same config.",
+        description="Train UniM2 heads on cached frozen-backbone features. Ctrl-C or SIGTERM "
+        "saves the state at the step reached; started again with the same config (train.steps "
+        "may be raised) the run resumes from its output folder.",
     )
     add_config_arguments(parser)
     parser.add_argument(
@@ -39,7 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is not None:
             overrides.append(f"output_dir={args.out}")
         config = load_config(args.config, overrides)
-        result = train(config, restart=args.restart, progress=not args.no_progress)
+        trainer = Trainer(config, restart=args.restart, progress=not args.no_progress)
+        if trainer.resumed_step:
+            print(
+                f"resuming from step {trainer.resumed_step} of {config.train.steps} "
+                f"({trainer.state_path}; --restart starts over)",
+                file=sys.stderr,
+            )
+        result = trainer.run()
         print(json.dumps(result.metrics, indent=2))
         print(f"model: {result.bundle_path}")
         return 0
