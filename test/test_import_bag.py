@@ -163,7 +163,7 @@ def test_rerun_overwrites_the_same_stems_identically(
     assert main(args) == 0
     second = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert first == second
-    assert len(first) == 3 * N_FRAMES + 1  # rgb, depth, labels per frame and dataset.yaml
+    assert len(first) == 3 * N_FRAMES + 2  # rgb, depth, labels per frame, dataset.yaml, record
 
 
 def test_interrupted_import_keeps_the_frames_written(
@@ -267,3 +267,34 @@ def test_rgb_topic_is_required(tmp_path: Path, capsys: pytest.CaptureFixture[str
     with pytest.raises(SystemExit):
         main([str(tmp_path), "--out", str(tmp_path / "d"), "--topic", f"depth={DEPTH}"])
     assert "an rgb topic is required" in capsys.readouterr().err
+
+
+def test_folder_with_other_files_is_refused_and_left_as_it_was(
+    tmp_path: Path, frames: list[SceneFrame], capsys: pytest.CaptureFixture[str]
+) -> None:
+    bag = write_bag(tmp_path / "bag", frames[:2])
+    out = tmp_path / "data"
+    (out / "rgb").mkdir(parents=True)
+    (out / "rgb" / "mine.png").write_bytes(b"not from a bag")
+    args = [str(bag), "--out", str(out), *TOPIC_ARGS, "--no-progress"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"ERROR: --out '{out}' already holds files (rgb) that no import wrote")
+    assert sorted(p.name for p in out.rglob("*")) == ["mine.png", "rgb"]
+
+
+def test_another_bag_needs_append_and_then_adds_its_frames(
+    tmp_path: Path, frames: list[SceneFrame], capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = write_bag(tmp_path / "first", frames[:2])
+    second = write_bag(tmp_path / "second", frames[2:4])
+    out = tmp_path / "data"
+    assert main([str(first), "--out", str(out), *TOPIC_ARGS, "--no-progress"]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main([str(second), "--out", str(out), *TOPIC_ARGS, "--no-progress"]) == 1
+    assert f"holds frames imported from '{first.resolve()}'" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    args = [str(second), "--out", str(out), *TOPIC_ARGS, "--append", "--no-progress"]
+    assert main(args) == 0
+    assert len(FolderDataset(out, split="all")) == 4
+    assert all(p.read_bytes() == content for p, content in before.items() if p.suffix == ".png")
