@@ -246,7 +246,7 @@ def test_bag_without_any_group_is_an_error(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--topic", "aolp=/pol"], "unknown modality 'aolp'"),
+        (["--topic", "polar=/pol"], "unknown modality 'polar'"),
         (["--topic", "depth"], "expected MODALITY=TOPIC"),
         (["--topic", "depth=/other"], "each modality may be given one --topic"),
         (["--every", "0"], "must be >= 1"),
@@ -298,3 +298,22 @@ def test_another_bag_needs_append_and_then_adds_its_frames(
     assert main(args) == 0
     assert len(FolderDataset(out, split="all")) == 4
     assert all(p.read_bytes() == content for p, content in before.items() if p.suffix == ".png")
+
+
+def test_aolp_angle_topic_is_imported_as_sin_cos(tmp_path: Path, frames: list[SceneFrame]) -> None:
+    """AoLP, a node input, is readable from a bag: 32FC1 radians become the folder's (sin, cos)."""
+    rng = np.random.default_rng(3)
+    angles = [rng.uniform(0, np.pi, (48, 64)).astype(np.float32) for _ in frames[:2]]
+    with BagImageWriter(tmp_path / "bag") as writer:
+        for frame, angle in zip(frames[:2], angles, strict=True):
+            writer.write_image(RGB, frame.rgb, "rgb8", frame.stamp_ns, "color")
+            writer.write_image("/pol/aolp", angle, "32FC1", frame.stamp_ns, "pol")
+    out = tmp_path / "data"
+    args = [str(tmp_path / "bag"), "--out", str(out), "--topic", f"rgb={RGB}"]
+    assert main([*args, "--topic", "aolp=/pol/aolp", "--no-progress"]) == 0
+    dataset = FolderDataset(out, split="all")
+    for index, angle in enumerate(angles):
+        pair = dataset[index].arrays["aolp"]
+        assert pair.dtype == np.float32 and pair.shape == (48, 64, 2)
+        np.testing.assert_allclose(pair[..., 0], np.sin(angle), atol=1e-6)
+        np.testing.assert_allclose(pair[..., 1], np.cos(angle), atol=1e-6)

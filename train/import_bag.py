@@ -19,7 +19,8 @@ into any other folder would overwrite its files or mix two recordings, so it is 
 ``--append`` asks to add this bag's frames to an earlier import.
 
 Messages that cannot be decoded are skipped and counted (a warning lists them); a named topic
-missing from the bag, or of another type than sensor_msgs/msg/Image, is an error.
+missing from the bag, or of another type than sensor_msgs/msg/Image, is an error. An AoLP topic
+(32FC1 angle in radians, as the node takes it) is stored as the folder layout's (sin, cos) pair.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import yaml
 from tqdm import tqdm
 
@@ -139,7 +141,7 @@ def import_bag(
                 )
             if not stems and source not in earlier:
                 _write_text(out / IMPORT_RECORD, json.dumps([*earlier, source], indent=2) + "\n")
-            write_frame_group(out, FrameGroup(stem, frame.arrays, frame.labels))
+            write_frame_group(out, FrameGroup(stem, _folder_arrays(frame.arrays), frame.labels))
             stems.append(stem)
         stats = stream.stats()
     if not stems:
@@ -151,6 +153,16 @@ def import_bag(
     if split is not None:
         _write_text(out / SPLITS_DIR / f"{split}.txt", "".join(f"{s}\n" for s in stems))
     return ImportSummary(tuple(stems), stats)
+
+
+def _folder_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The bag's arrays in the folder convention: an AoLP angle (32FC1, radians in [0, pi])
+    becomes the float32 HxWx2 (sin, cos) pair the folder layout stores."""
+    converted = dict(arrays)
+    angle = converted.get("aolp")
+    if angle is not None and angle.ndim == 2:
+        converted["aolp"] = np.stack([np.sin(angle), np.cos(angle)], axis=-1).astype(np.float32)
+    return converted
 
 
 def _check_output_folder(out: Path, source: dict[str, object], *, append: bool) -> list[Any]:

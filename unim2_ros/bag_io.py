@@ -150,6 +150,7 @@ MODALITY_ENCODINGS: Mapping[str, frozenset[str]] = MappingProxyType(
         "depth": frozenset({"16UC1", "mono16", "32FC1"}),
         "thermal": frozenset({"mono8", "8UC1", "mono16", "16UC1", "32FC1"}),
         "nir": frozenset({"mono8", "8UC1", "mono16", "16UC1", "32FC1"}),
+        "aolp": frozenset({"32FC1"}),
         "dolp": frozenset({"32FC1"}),
     }
 )
@@ -157,8 +158,8 @@ MODALITY_ENCODINGS: Mapping[str, frozenset[str]] = MappingProxyType(
 
 ``rgb`` becomes uint8 RGB (bgr8 / rgba8 / bgra8 / mono8 are converted); depth 16UC1 / mono16 is
 uint16 millimetres and 32FC1 float32 metres; thermal and NIR keep their type (uint8, uint16
-counts, float32); DoLP is float32. AoLP has no Image encoding in the folder convention (float32
-(sin, cos) pairs) and cannot be read from a bag.
+counts, float32); AoLP (the angle, as the node takes it) and DoLP are float32 HxW. The folder
+layout stores AoLP as (sin, cos) pairs: ``unim2_import_bag`` converts the angle, in radians.
 """
 
 LABEL_ENCODINGS = frozenset({"mono8", "8UC1", "mono16", "16UC1"})
