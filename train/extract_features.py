@@ -31,7 +31,11 @@ from .cli import (
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and extract every split's features for the config."""
-    parser = argparse.ArgumentParser(prog="unim2_extract", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="unim2_extract",
+        description="Fill the feature caches of a config, optionally sharded with torchrun "
+        "(torchrun --nproc_per_node=N -m unim2_train.extract_features ...).",
+    )
     add_config_arguments(parser)
     add_device_argument(parser)
     add_progress_argument(parser)

@@ -294,7 +294,11 @@ def _positive_float(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, import the bag and print a summary."""
-    parser = argparse.ArgumentParser(prog="unim2_import_bag", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="unim2_import_bag",
+        description="Turn a robot's rosbag2 recording into training data: synchronised frame "
+        "groups written into the folder layout (dataset.kind: folder).",
+    )
     parser.add_argument("bag", type=Path, help="rosbag2 folder, .db3 or .mcap file")
     parser.add_argument("--out", required=True, type=Path, help="dataset folder to write")
     parser.add_argument(
