@@ -50,6 +50,9 @@ from unim2_core.model.checkpoint import Bundle, ClassMapping, save_bundle
 from unim2_core.runtime.segmenter import Segmenter
 from unim2_demo.synthetic_scenes import CLASS_NAMES, IGNORE_LABEL, SceneFrame, generate_sequence
 from unim2_ros.bag_io import IMAGE_TYPE, STRING_TYPE, BagImageWriter, BagReader, StorageFormat
+from unim2_ros.errors import BagError, ReplayError
+from unim2_ros.image_conversion import image_to_array
+from unim2_ros.label_info import parse_label_info
 from unim2_ros.replay import (
     OUTPUT_BAG,
     LabelFolder,
@@ -57,9 +60,6 @@ from unim2_ros.replay import (
     replay_live,
     replay_offline,
 )
-from unim2_ros.errors import BagError, ReplayError
-from unim2_ros.image_conversion import image_to_array
-from unim2_ros.label_info import parse_label_info
 from unim2_ros.segmentation_node import SegmentationNode
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]

@@ -11,7 +11,7 @@ import torch
 from conftest import make_bundle
 
 from unim2_core.data.encoding import ModalityEncoding
-from unim2_core.errors import BackboneError, CheckpointError, EncodingError
+from unim2_core.errors import BackboneError, CheckpointError, ConfigError, EncodingError
 from unim2_core.model.backbone import Backbone, load_backbone
 from unim2_core.model.checkpoint import ClassMapping, save_bundle
 from unim2_core.runtime.segmenter import Segmenter, clusters_from_similarity, distinct_palette
@@ -165,11 +165,12 @@ def test_options_are_validated(imgfocus_backbone: Backbone) -> None:
     bundle = make_bundle(imgfocus_backbone, RGBD)
     with pytest.raises(ValueError, match="precision must be one of"):
         Segmenter(bundle, imgfocus_backbone, precision="int8")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="device must be one of"):
-        Segmenter(bundle, imgfocus_backbone, device="tpu")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="device must be one of cpu, cuda, cuda:N"):
+        Segmenter(bundle, imgfocus_backbone, device="tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA GPU"):
-            Segmenter(bundle, imgfocus_backbone, device="cuda")
+        for device in ("cuda", "cuda:1"):
+            with pytest.raises(ConfigError, match=f"device '{device}' .* sees no CUDA GPU"):
+                Segmenter(bundle, imgfocus_backbone, device=device)
 
 
 def test_from_files_loads_bundle_and_checks_the_backbone(

@@ -16,11 +16,17 @@ import torch
 from synthetic_data import tiny_config, write_synthetic_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from unim2_core.errors import ConfigError, TrainingError
+from unim2_core.errors import ConfigError, Interrupted, TrainingError
 from unim2_core.model.checkpoint import load_bundle
 from unim2_core.runtime.segmenter import Segmenter
 from unim2_core.training.config import TrainConfig, parse_config
-from unim2_core.training.trainer import Trainer, batch_indices, holdout_split, train
+from unim2_core.training.trainer import (
+    Trainer,
+    batch_indices,
+    config_differences,
+    holdout_split,
+    train,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -176,10 +182,105 @@ def test_changed_config_refuses_to_resume_unless_restarted(
 ) -> None:
     train(_config(data_root, tmp_path / "run", cache_dir, train={"steps": 2}), progress=False)
     changed = _config(data_root, tmp_path / "run", cache_dir, train={"steps": 2, "lr": 1e-3})
-    with pytest.raises(TrainingError, match="different configuration.*--restart"):
+    with pytest.raises(
+        TrainingError, match=r"different configuration \(train.lr: 0.0005 -> 0.001\).*--restart"
+    ):
         Trainer(changed, progress=False)
     result = Trainer(changed, restart=True, progress=False).run()
     assert result.metrics["steps"] == 2
+
+
+def test_resume_may_extend_steps_but_not_go_below_the_step_reached(
+    data_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    steps = {"steps": 4, "val_every": 2, "checkpoint_every": 2}
+    train(_config(data_root, tmp_path / "run", cache_dir, train=steps), progress=False)
+    longer = _config(data_root, tmp_path / "run", cache_dir, train={**steps, "steps": 6})
+    trainer = Trainer(longer, progress=False)
+    assert trainer.resumed_step == 4
+    assert trainer.run().metrics["steps"] == 6
+    shorter = _config(data_root, tmp_path / "run", cache_dir, train={**steps, "steps": 5})
+    with pytest.raises(TrainingError, match=r"already at step 6, beyond train.steps=5"):
+        Trainer(shorter, progress=False)
+
+
+def test_config_differences_name_every_changed_key() -> None:
+    old = {"train": {"steps": 2, "lr": 0.1}, "cache_dir": None, "loss": {"points": 11}}
+    new = {"train": {"steps": 3, "lr": 0.1}, "cache_dir": "c", "model": {"code_dim": 8}}
+    assert config_differences(old, new) == {
+        "train.steps": "train.steps: 2 -> 3",
+        "cache_dir": "cache_dir: None -> 'c'",
+        "loss": "loss: {'points': 11} -> (absent)",
+        "model": "model: (absent) -> {'code_dim': 8}",
+    }
+
+
+def test_sigint_saves_the_step_reached_and_resumes_exactly(
+    data_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C between checkpoints: the state holds the step reached, not the last checkpoint."""
+    steps = {"steps": 8, "val_every": 3, "checkpoint_every": 100}
+    reference = train(
+        _config(data_root, tmp_path / "straight", cache_dir, train=steps), progress=False
+    )
+
+    def ctrl_c(step: int) -> None:
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    config = _config(data_root, tmp_path / "resumed", cache_dir, train=steps)
+    with pytest.raises(Interrupted, match=r"stopped at step 5 of 8; the state is saved") as info:
+        Trainer(config, progress=False, step_hook=ctrl_c).run()
+    assert info.value.signal_number == signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    state = torch.load(tmp_path / "resumed" / "state.pt", weights_only=True)
+    assert state["step"] == 5
+    resumed = Trainer(config, progress=False)
+    assert resumed.resumed_step == 5
+    result = resumed.run()
+    expected, got = load_bundle(reference.bundle_path), load_bundle(result.bundle_path)
+    for key, value in expected.heads_state.items():
+        torch.testing.assert_close(got.heads_state[key], value, rtol=0, atol=0)
+    assert _log_records(tmp_path / "resumed") == _log_records(tmp_path / "straight")
+
+
+def test_sigterm_stops_the_command_with_a_saved_state_and_a_resume_line(
+    data_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    import yaml
+
+    raw = tiny_config(
+        data_root, tmp_path / "run", train={"steps": 100000, "checkpoint_every": 10**6}
+    )
+    raw["cache_dir"] = str(cache_dir)
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    command = [sys.executable, "-m", "unim2_train.train", "--config", str(config_path)]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen(
+        [*command, "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    log = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not log.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    lines = err.decode().strip().splitlines()
+    assert process.returncode == 128 + signal.SIGTERM, err.decode()
+    assert len(lines) == 1 and lines[0].startswith("interrupted: training stopped at step ")
+    step = int(lines[0].split("step ")[1].split()[0])
+    assert step >= 1
+    assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["step"] == step
+    again = subprocess.run(
+        [*command, "--no-progress", "--set", f"train.steps={step + 1}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from step {step} of {step + 1}" in again.stderr
 
 
 def test_unlabelled_data_needs_a_cluster_count(

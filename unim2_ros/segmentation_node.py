@@ -39,14 +39,17 @@ diagnostics (keys ``<topic> bad messages (<reason>)``) and logged at most every 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 import numpy as np
 import rclpy
+import yaml
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (
     FloatingPointRange,
@@ -54,7 +57,7 @@ from rcl_interfaces.msg import (
     ParameterDescriptor,
     SetParametersResult,
 )
-from rclpy._rclpy_pybind11 import RCLError
+from rclpy._rclpy_pybind11 import RCLError, UnknownROSArgsError
 from rclpy.clock import Clock
 from rclpy.clock_type import ClockType
 from rclpy.exceptions import InvalidHandle, ParameterException
@@ -72,6 +75,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 
 from unim2_core.data.encoding import ModalityEncoding
+from unim2_core.device import DEVICE_HELP
 from unim2_core.errors import (
     BackboneError,
     CheckpointError,
@@ -90,6 +94,7 @@ from unim2_ros.frame_inputs import modality_array
 from unim2_ros.image_conversion import array_to_image, header_stamp_ns
 from unim2_ros.label_info import label_info_json
 from unim2_ros.node_parameters import (
+    MODALITIES_PARAMETER,
     NODE_PARAMETERS,
     NodeSettings,
     ParameterSpec,
@@ -98,7 +103,9 @@ from unim2_ros.node_parameters import (
     check_value,
     encoding_parameter_names,
     encoding_specs,
+    format_parameter_help,
     modalities_spec,
+    unknown_parameter_problem,
 )
 from unim2_ros.pipeline_monitor import PipelineMonitor
 
@@ -136,6 +143,8 @@ def _descriptor(spec: ParameterSpec) -> ParameterDescriptor:
     descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
     if spec.choices:
         descriptor.additional_constraints = f"one of: {', '.join(spec.choices)}"
+    elif spec.name == "model.device":
+        descriptor.additional_constraints = DEVICE_HELP
     if spec.minimum is not None and spec.maximum is not None:
         if isinstance(spec.default, int) and not isinstance(spec.default, bool):
             descriptor.integer_range = [
@@ -174,6 +183,8 @@ def _load_segmenter(bundle: Bundle, settings: NodeSettings) -> Segmenter:
         ) from err
     except ValueError as err:
         raise ConfigError(f"parameter model.device {settings.device!r}: {err}") from err
+    except ConfigError as err:  # a device torch does not see
+        raise ConfigError(f"parameter model.device: {err}") from err
 
 
 class SegmentationNode(Node):
@@ -204,6 +215,7 @@ class SegmentationNode(Node):
     def _build(self) -> None:
         """Everything the constructor does, in order; a failure leaves nothing running."""
         self._specs = {spec.name: spec for spec in NODE_PARAMETERS}
+        self._refuse_unknown_parameters()
         settings = NodeSettings.from_parameters(
             {spec.name: self._declare(spec) for spec in NODE_PARAMETERS}
         )
@@ -229,6 +241,7 @@ class SegmentationNode(Node):
             reason = self._encoding_problem(modality, {})
             if reason is not None:
                 raise ConfigError(f"parameter {reason}")
+        self._refuse_unknown_parameters(known=list(self._specs))
 
         loaded = threading.Event()
         self._load_error: BaseException | None = None
@@ -302,6 +315,23 @@ class SegmentationNode(Node):
             f"segmenting {'+'.join(self._modalities)} from {', '.join(self._topics)} on "
             f"{self._device_name} ({settings.precision}), {len(self._palette)} labels"
         )
+
+    def _refuse_unknown_parameters(self, *, known: list[str] | None = None) -> None:
+        """Refuses given parameters (params file, ``-p``) that look like this node's but are
+        not declared, e.g. ``sync.slope``: ignored, they would leave the default in force.
+
+        Before the checkpoint is read (``known`` None) the ``encoding.*`` names, which depend
+        on its modalities, are left for the second call.
+        """
+        early = known is None
+        if known is None:
+            known = [spec.name for spec in NODE_PARAMETERS] + [MODALITIES_PARAMETER]
+        for name in self._parameter_overrides:  # every value given to this node's name
+            if self.has_parameter(name) or (early and name.startswith("encoding.")):
+                continue
+            problem = unknown_parameter_problem(name, known)
+            if problem is not None:
+                raise ConfigError(problem)
 
     def _declare(self, spec: ParameterSpec) -> object:
         """Declares one parameter and returns its value (override or default)."""
@@ -542,8 +572,64 @@ def spin_until_shutdown(node: Node) -> None:
             raise
 
 
+HELP_TEXT = """usage: unim2_node [-h] [--ros-args [-p NAME:=VALUE] [--params-file FILE] [-r A:=B]]
+
+Segments synchronised RGB + auxiliary camera images with a UniM2 checkpoint and publishes
+~/labels, ~/colored, ~/overlay, ~/label_info and /diagnostics. Inputs: rgb/image and
+<modality>/image for each auxiliary modality of the checkpoint (remap with -r).
+
+example:
+  unim2_node --ros-args --params-file config/unim2_node.yaml \\
+      -p model.checkpoint:=runs/my_robot/model.unim2.pt -r rgb/image:=/camera/color/image_raw
+"""
+
+
+def _wants_help(argv: list[str]) -> bool:
+    return any(arg in ("-h", "--help") for arg in argv)
+
+
+def _params_file_hint(argv: list[str], node_name: str) -> str | None:
+    """A warning when params files are given but none of them addresses ``node_name``.
+
+    rcl applies a file's parameters only to the nodes its top-level keys name (``unim2_node``,
+    ``/ns/unim2_node``, ``/**``, ``/**/unim2_node``...); under another name they are silently
+    ignored, and the node would start on defaults.
+    """
+    files = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--params-file"]
+    for i, arg in enumerate(argv[:-1]):
+        if arg in ("-r", "--remap") and argv[i + 1].startswith("__node:="):
+            node_name = argv[i + 1].partition(":=")[2]
+    names: list[str] = []
+    for path in files:
+        try:
+            document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return None  # rcl reports an unreadable file itself
+        if not isinstance(document, dict):
+            return None
+        names += [str(key) for key in document]
+    if not files or any(
+        fnmatch.fnmatchcase(node_name, name.rsplit("/", 1)[-1]) or name in ("/**", "/*", "**")
+        for name in names
+    ):
+        return None
+    return (
+        f"no parameter was given to this node's name {node_name!r}: the params file(s) "
+        f"{', '.join(files)} address only {names}; put the parameters under "
+        f"'{node_name}:' or '/**:'"
+    )
+
+
 def main(args: list[str] | None = None) -> int:
     """Runs the node until SIGINT / SIGTERM; a start-up error prints one line and returns 1."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if _wants_help(argv):
+        print(HELP_TEXT)
+        print(format_parameter_help())
+        return 0
+    hint = _params_file_hint(argv, "unim2_node")
+    if hint is not None:
+        print(f"WARNING: {hint}", file=sys.stderr)
     try:
         with rclpy.init(args=args):
             try:
@@ -551,7 +637,9 @@ def main(args: list[str] | None = None) -> int:
             except Unim2Error as err:
                 print(f"ERROR: {err}", file=sys.stderr)
                 return 1
-            except (KeyboardInterrupt, ExternalShutdownException, RCLError):
+            except KeyboardInterrupt:
+                return 0  # Ctrl-C while the model loads
+            except (ExternalShutdownException, RCLError):
                 if rclpy.ok():
                     raise
                 return 0  # SIGINT / SIGTERM while starting: rclpy shut the context down
@@ -559,9 +647,14 @@ def main(args: list[str] | None = None) -> int:
                 spin_until_shutdown(node)
             finally:
                 node.destroy_node()
+    except UnknownROSArgsError as err:
+        print(f"ERROR: unknown ROS arguments {err}; see unim2_node --help", file=sys.stderr)
+        return 1
     except RCLError as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 0  # Ctrl-C before rclpy's own handler was installed, or while it tears down
     return 0
 
 

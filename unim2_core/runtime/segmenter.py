@@ -18,12 +18,13 @@ from torch import Tensor
 
 from unim2_core.data.encoding import ModalityEncoding, check_group
 from unim2_core.data.preprocess import encode_group, processing_size, to_backbone_batch
+from unim2_core.device import resolve_device
 from unim2_core.model.backbone import Backbone, load_backbone
 from unim2_core.model.checkpoint import Bundle, load_bundle
 
-Device = Literal["cpu", "cuda", "auto"]
+Device = str
+"""A device name checked by :func:`unim2_core.device.resolve_device` (``cuda:1``...)."""
 Precision = Literal["fp32", "fp16", "bf16"]
-DEVICES: tuple[Device, ...] = ("cpu", "cuda", "auto")
 PRECISIONS: dict[Precision, torch.dtype] = {
     "fp32": torch.float32,
     "fp16": torch.float16,
@@ -85,24 +86,13 @@ def clusters_from_similarity(
     return clusters, best
 
 
-def resolve_device(device: Device) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a ValueError."""
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but torch sees no CUDA GPU")
-    return torch.device(device)
-
-
 class Segmenter:
     """A trained bundle on a loaded backbone, ready to segment frame groups.
 
     Args:
         bundle: The trained heads and their settings.
         backbone: The frozen backbone; its identity must match the bundle's.
-        device: ``cpu``, ``cuda`` or ``auto``.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         precision: Backbone precision (``fp32``, ``fp16``, ``bf16``); the small heads always run
             in fp32.
         shorter_side: Processing resolution (shorter side, rounded to the patch size); the
@@ -112,7 +102,8 @@ class Segmenter:
 
     Raises:
         CheckpointError: the backbone does not match the bundle.
-        ValueError: an unknown device or precision, or a non-positive resolution.
+        ConfigError: an unknown device, or one torch does not see.
+        ValueError: an unknown precision, or a non-positive resolution.
     """
 
     def __init__(

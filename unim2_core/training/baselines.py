@@ -33,10 +33,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from unim2_core.atomic import atomic_write_text
+from unim2_core.device import resolve_device
 from unim2_core.errors import ConfigError, DataError
 from unim2_core.evaluation.metrics import ConfusionMatrix, SegmentationScores
 from unim2_core.model.backbone import load_backbone
-from unim2_core.runtime.segmenter import clusters_from_similarity, resolve_device
+from unim2_core.runtime.segmenter import clusters_from_similarity
 from unim2_core.training.config import TrainConfig
 from unim2_core.training.feature_cache import FeatureStore
 from unim2_core.training.trainer import Trainer, open_splits, prepare_caches

@@ -19,6 +19,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from unim2_core.data.encoding import ModalityEncoding
+from unim2_core.device import device_problem
 from unim2_core.errors import ConfigError
 from unim2_core.model.loss import ModalityLossConfig
 
@@ -123,7 +124,7 @@ class TrainSection:
         lr: Adam learning rate of the heads.
         probe_lr: Adam learning rate of the cluster and linear probes.
         seed: Seed of every random choice (batches, neighbours, sampled points).
-        device: ``auto``, ``cpu`` or ``cuda``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         val_every: Validate (and keep the best model) every this many steps.
         checkpoint_every: Write a resumable training state every this many steps.
         selection_split: ``val`` (default) or ``test``; selecting on test is reported as such.
@@ -135,7 +136,7 @@ class TrainSection:
     lr: float = 5e-4
     probe_lr: float = 5e-3
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = "auto"
     val_every: int = 200
     checkpoint_every: int = 200
     selection_split: Literal["val", "test"] = "val"
@@ -186,6 +187,9 @@ class TrainConfig:
                 "config key 'loss.modalities' must list exactly the modalities "
                 f"{names}: missing {missing}, not a modality {extra}"
             )
+        device = device_problem(self.train.device)
+        if device is not None:
+            raise ConfigError(f"config key 'train.device' {device}")
         for key, value in (
             ("train.steps", self.train.steps),
             ("train.batch_size", self.train.batch_size),

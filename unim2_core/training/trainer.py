@@ -15,10 +15,12 @@ from __future__ import annotations
 import functools
 import json
 import math
-import pickle
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -30,18 +32,33 @@ from tqdm import tqdm
 from unim2_core.atomic import atomic_output, atomic_write_text
 from unim2_core.data.datasets import DatasetInfo, FrameGroup, open_dataset
 from unim2_core.data.preprocess import PreprocessConfig
-from unim2_core.errors import ConfigError, DataError, TrainingError
+from unim2_core.device import resolve_device
+from unim2_core.errors import ConfigError, DataError, Interrupted, TrainingError
 from unim2_core.evaluation.metrics import ConfusionMatrix, SegmentationScores, score
 from unim2_core.evaluation.plots import write_training_plots
 from unim2_core.model.backbone import Backbone, load_backbone
 from unim2_core.model.checkpoint import Bundle, ClassMapping, save_bundle
 from unim2_core.model.heads import HeadsConfig, UniM2Heads
 from unim2_core.model.loss import LossConfig, cmcs_loss
-from unim2_core.runtime.segmenter import clusters_from_similarity, resolve_device
+from unim2_core.runtime.segmenter import clusters_from_similarity
+from unim2_core.torch_files import load_torch_file
 from unim2_core.training.config import TrainConfig, config_to_dict
 from unim2_core.training.feature_cache import FeatureStore, ViewSpec, extract_features
 from unim2_core.training.knn import cached_neighbours
 from unim2_core.training.tracking import Tracker, numeric_metrics, open_tracker
+
+RESUME_NEUTRAL_KEYS = (
+    "train.steps",
+    "train.checkpoint_every",
+    "train.device",
+    "output_dir",
+    "cache_dir",
+    "logging.",
+)
+"""Config keys that may change between an interrupted run and its resumption: where files
+live, how often the state is saved, trackers, the device, and ``train.steps`` (to extend a run;
+it must not go below the step reached). Every other key changes results, so a difference in it
+refuses the resume, naming the key."""
 
 STATE_FILE = "state.pt"
 BUNDLE_FILE = "model.unim2.pt"
@@ -374,21 +391,39 @@ class Trainer:
         self.probe_optimizer = torch.optim.Adam(probe_params, lr=config.train.probe_lr)
         self.generator = torch.Generator().manual_seed(config.train.seed)
         self.step = 0
+        self._resumed_step = 0
         self.best: dict[str, Any] | None = None
         if self.state_path.is_file():
             self._resume()
 
     def _resume(self) -> None:
         try:
-            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+            loaded = load_torch_file(
+                self.state_path, what="a unim2 training state", error=TrainingError
+            )
+        except TrainingError as err:
+            raise TrainingError(f"cannot resume: {err}; pass --restart to start over") from err
+        if not isinstance(loaded, dict) or "config" not in loaded:
             raise TrainingError(
-                f"cannot resume from {str(self.state_path)!r}: {err}; pass --restart to start over"
-            ) from err
-        if state.get("config") != self.plain_config:
+                f"cannot resume: {str(self.state_path)!r} is not a unim2 training state; pass "
+                "--restart to start over"
+            )
+        state: dict[str, Any] = loaded
+        changed = config_differences(state["config"], self.plain_config)
+        fixed = [key for key in changed if not key.startswith(RESUME_NEUTRAL_KEYS)]
+        if fixed:
+            shown = "; ".join(changed[key] for key in fixed)
             raise TrainingError(
-                f"{str(self.output_dir)!r} holds a run with a different configuration; use another "
-                "output_dir or pass --restart to discard it"
+                f"{str(self.output_dir)!r} holds a run with a different configuration ({shown}); "
+                "only train.steps, train.checkpoint_every, train.device, logging.*, output_dir "
+                "and cache_dir may change on resume. Use the old values, another output_dir, or "
+                "pass --restart to discard the run"
+            )
+        if int(state["step"]) > self.config.train.steps:
+            raise TrainingError(
+                f"{str(self.output_dir)!r} holds a run already at step {int(state['step'])}, "
+                f"beyond train.steps={self.config.train.steps}; raise train.steps or pass "
+                "--restart to discard the run"
             )
         self.heads.load_state_dict(state["heads"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -396,8 +431,14 @@ class Trainer:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
+        self._resumed_step = self.step
         self.best = state["best"]
         self._truncate_log(self.step)
+
+    @property
+    def resumed_step(self) -> int:
+        """The step a saved state brought this run to at start-up (0: a fresh run)."""
+        return self._resumed_step
 
     def _save_state(self) -> None:
         state = {
@@ -525,17 +566,28 @@ class Trainer:
         started = time.perf_counter()
         tracker = open_tracker(config.logging, self.output_dir, self.plain_config)
         try:
-            with bar:
-                self._loop(bar, tracker)
+            with bar, _StopRequests() as stop:
+                self._loop(bar, tracker, stop)
         finally:
             tracker.close()
         return self._finish(time.perf_counter() - started)
 
-    def _loop(self, bar: tqdm[Any], tracker: Tracker) -> None:
-        """Steps to ``train.steps``: log, validate, checkpoint and call the hooks on schedule."""
+    def _loop(self, bar: tqdm[Any], tracker: Tracker, stop: _StopRequests) -> None:
+        """Steps to ``train.steps``: log, validate, checkpoint and call the hooks on schedule.
+
+        A SIGINT / SIGTERM ends the loop between two steps with the state saved at the step
+        reached (raising :class:`Interrupted`), so a restart loses nothing.
+        """
         config = self.config
         total = config.train.steps
         while self.step < total:
+            if stop.signal_number is not None:
+                self._save_state()
+                raise Interrupted(
+                    f"training stopped at step {self.step} of {total}; the state is saved in "
+                    f"{str(self.state_path)!r}: run the same command again to resume",
+                    stop.signal_number,
+                )
             record = self._train_step()
             self.step += 1
             bar.update(1)
@@ -611,6 +663,59 @@ class Trainer:
         atomic_write_text(self.output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         write_training_plots(self.output_dir)
         return TrainResult(self.output_dir, bundle_path, metrics)
+
+
+class _StopRequests:
+    """While entered (in the main thread), SIGINT and SIGTERM only set ``signal_number``.
+
+    The training loop polls it between steps, so an interruption never lands in the middle of
+    an optimiser step. A second SIGINT raises KeyboardInterrupt at once, for a user who does
+    not want to wait for the step to end. Outside the main thread (where Python cannot install
+    handlers) nothing changes.
+    """
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, number: int, frame: FrameType | None) -> None:
+        if number == signal.SIGINT and self.signal_number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_number = number
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, str]:
+    """Dotted keys whose values differ between two plain configs, each with ``key: a -> b``."""
+    differences: dict[str, str] = {}
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            for key in list(a) + [k for k in b if k not in a]:
+                walk(a.get(key, _ABSENT), b.get(key, _ABSENT), f"{prefix}{key}.")
+        elif a != b:
+            key = prefix.rstrip(".")
+            differences[key] = f"{key}: {_shown(a)} -> {_shown(b)}"
+
+    walk(old, new, "")
+    return differences
+
+
+_ABSENT = object()
+
+
+def _shown(value: Any) -> str:
+    return "(absent)" if value is _ABSENT else repr(value)
 
 
 def _plain_floats(values: np.ndarray) -> list[float | None]:
