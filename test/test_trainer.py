@@ -206,7 +206,39 @@ def test_unlabelled_data_needs_a_cluster_count(
     )
     bundle = load_bundle(result.bundle_path)
     assert bundle.class_mapping is None and bundle.heads_config.n_clusters == 5
-    assert result.metrics["selection"]["split"] is None
+    selection = result.metrics["selection"]
+    assert (selection["split"], selection["labelled"]) == ("train held-out 0.25", False)
+    assert selection["criterion"] == "kmeans_nmi" and "label-free" in selection["note"]
+
+
+def test_selection_without_labels_picks_the_best_checkpoint_by_the_named_criterion(
+    data_root: Path, cache_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    for sub in ("rgb", "depth"):
+        (unlabelled / sub).symlink_to(data_root / sub)
+    config = _config(
+        unlabelled,
+        tmp_path / "run",
+        cache_dir,
+        model={"n_clusters": 6, "linear_probe": False},
+        train={"steps": 8, "val_every": 2, "label_free_criterion": "code_stability"},
+    )
+    with caplog.at_level("INFO", logger="unim2_core.trainer"):
+        result = train(config, progress=False)
+    val = [r for r in _log_records(tmp_path / "run") if r["kind"] == "val"]
+    assert [r["step"] for r in val] == [2, 4, 6, 8]
+    assert all("miou" not in r for r in val)
+    healthy = [r for r in val if not r["health/collapsed"]] or val
+    best = max(healthy, key=lambda r: float(r["criterion/code_stability"]))  # type: ignore[arg-type]
+    selection = result.metrics["selection"]
+    assert selection["criterion"] == "code_stability"
+    assert selection["step"] == best["step"]
+    assert selection["value"] == pytest.approx(best["criterion/code_stability"])
+    assert load_bundle(result.bundle_path).metrics["selection"] == selection
+    assert "selected on train held-out 0.25 by code_stability" in caplog.text
+    assert not (tmp_path / "run" / "val_miou.png").exists()  # nothing labelled to plot
 
 
 def test_selecting_on_test_is_labelled_so(data_root: Path, cache_dir: Path, tmp_path: Path) -> None:

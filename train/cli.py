@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable
 
@@ -23,7 +24,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(body: Callable[[], int]) -> int:
-    """Run a command body; our errors become ``ERROR: ...`` on stderr and exit status 1."""
+    """Run a command body; our errors become ``ERROR: ...`` on stderr and exit status 1.
+
+    Library log records (INFO and up, e.g. the trainer's collapse WARNINGs) go to stderr.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
         return body()
     except Unim2Error as err:

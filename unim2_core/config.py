@@ -20,6 +20,7 @@ import yaml
 
 from unim2_core.encoding import ModalityEncoding
 from unim2_core.errors import ConfigError
+from unim2_core.label_free import DEFAULT_CRITERION, Criterion
 from unim2_core.loss import ModalityLossConfig
 
 DatasetKind = Literal["nyu", "mfnet", "mcubes", "folder"]
@@ -127,6 +128,9 @@ class TrainSection:
         val_every: Validate (and keep the best model) every this many steps.
         checkpoint_every: Write a resumable training state every this many steps.
         selection_split: ``val`` (default) or ``test``; selecting on test is reported as such.
+        label_free_criterion: Unsupervised criterion that picks the checkpoint when the
+            selection split has no labels (see ``unim2_core.label_free``); every criterion is
+            logged at each validation either way.
         grad_clip: Clip the heads' gradient norm to this value (None: no clipping).
     """
 
@@ -139,6 +143,7 @@ class TrainSection:
     val_every: int = 200
     checkpoint_every: int = 200
     selection_split: Literal["val", "test"] = "val"
+    label_free_criterion: Criterion = DEFAULT_CRITERION
     grad_clip: float | None = None
 
 

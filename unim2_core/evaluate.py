@@ -80,8 +80,14 @@ def describe_selection(bundle: Bundle) -> Selection:
     split = selection.get("split")
     step = selection.get("step")
     on_test = chosen == "test" or (isinstance(split, str) and "(selected on test)" in split)
+    criterion = selection.get("criterion")
     if split is None:
         note = f"no labelled selection split: heads of the last step ({step})"
+    elif selection.get("labelled") is False:
+        note = (
+            f"checkpoint selected on {split!r} at step {step} by the label-free criterion "
+            f"{criterion!r} (the split has no labels)"
+        )
     else:
         note = f"checkpoint selected on {split!r} at step {step}"
         if on_test:
@@ -89,6 +95,9 @@ def describe_selection(bundle: Bundle) -> Selection:
                 f"SELECTED ON TEST: {note}; scores on the test split are optimistic and not "
                 "comparable to validation-selected results"
             )
+    health = bundle.metrics.get("health")
+    if bundle.metrics.get("collapsed") is True and isinstance(health, dict):
+        note = f"{note}; COLLAPSED at the end of training: {health.get('collapse_reason')}"
     return Selection(split, step, on_test, note)
 
 

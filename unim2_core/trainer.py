@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import pickle
 import time
@@ -35,14 +36,21 @@ from unim2_core.datasets import DatasetInfo, FrameGroup, open_dataset
 from unim2_core.errors import ConfigError, DataError, TrainingError
 from unim2_core.feature_cache import FeatureStore, ViewSpec, extract_features
 from unim2_core.knn import cached_neighbours
+from unim2_core.label_free import SelectionProbe, better
 from unim2_core.loss import LossConfig, cmcs_loss
 from unim2_core.metrics import ConfusionMatrix, SegmentationScores, score
 from unim2_core.model import HeadsConfig, UniM2Heads
 from unim2_core.plots import write_training_plots
 from unim2_core.preprocess import PreprocessConfig
-from unim2_core.segmenter import clusters_from_similarity, resolve_device
+from unim2_core.segmenter import (
+    ClusterOrder,
+    clusters_from_code,
+    clusters_from_similarity,
+    resolve_device,
+)
 from unim2_core.tracking import Tracker, numeric_metrics, open_tracker
 
+LOGGER = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
 BUNDLE_FILE = "model.unim2.pt"
 LOG_EVERY = 10
@@ -143,6 +151,12 @@ def eval_view(config: TrainConfig) -> ViewSpec:
     return ViewSpec("full", config.crops.shorter_side, interpolation=config.crops.interpolation)
 
 
+def eval_cluster_order(config: TrainConfig) -> ClusterOrder:
+    """How cluster ids are computed under the config's protocol: the reference's order
+    (upsample the code, normalise, cosine) for ``paper``, the node's fast path for ``full``."""
+    return "code" if config.eval.protocol == "paper" else "similarity"
+
+
 def prepare_caches(
     config: TrainConfig,
     splits: Splits,
@@ -233,12 +247,14 @@ def evaluate_store(
     *,
     patch_size: int,
     device: torch.device,
+    cluster_order: ClusterOrder = "similarity",
     chunk: int = 16,
 ) -> Evaluation:
     """Hungarian-matched metrics of the heads on a cached, labelled evaluation split.
 
-    Post-processing is the Segmenter's (``clusters_from_similarity``), so validation numbers
-    are those the node would produce on the same views.
+    Post-processing is the Segmenter's with the same ``cluster_order`` (``similarity``: the
+    node's fast path; ``code``: the reference's order of the paper protocol), so validation
+    numbers are those the Segmenter produces on the same views.
     """
     if store.labels is None:
         raise DataError(f"split cached at {str(store.path)!r} has no labels")
@@ -256,9 +272,14 @@ def evaluate_store(
         features = store.load(idx, device)
         labels = np.asarray(store.labels[idx])
         code = heads(features)
-        clusters, _ = clusters_from_similarity(
-            heads.cluster_probe.similarity(code), processing_size=proc, output_size=label_size
-        )
+        if cluster_order == "code":
+            clusters, _ = clusters_from_code(
+                code, heads.cluster_probe.centroids, output_size=label_size
+            )
+        else:
+            clusters, _ = clusters_from_similarity(
+                heads.cluster_probe.similarity(code), processing_size=proc, output_size=label_size
+            )
         if confusion is None:
             n_label_classes = n_classes or int(labels[labels != 255].max(initial=0)) + 1
             confusion = ConfusionMatrix(n_clusters, n_label_classes)
@@ -358,6 +379,16 @@ class Trainer:
             zero_clamp=config.loss.zero_clamp,
         )
         self._init_model()
+        self.probe = SelectionProbe(
+            self.data.train,
+            self.data.selection,
+            n_clusters=self.heads.config.n_clusters,
+            loss_config=self.loss_config,
+            modalities=config.modality_names,
+            seed=config.train.seed,
+            device=self.device,
+            batch_size=config.train.batch_size,
+        )
 
     def _init_model(self) -> None:
         """Fresh heads and optimisers from the seed, then the saved state if there is one."""
@@ -427,6 +458,11 @@ class Trainer:
         with self.log_path.open("a", encoding="utf-8") as stream:
             stream.write(json.dumps(record) + "\n")
 
+    def _warn(self, message: str) -> None:
+        """A WARNING on the ``unim2_core.trainer`` logger and a ``warning`` record in the log."""
+        LOGGER.warning("%s: %s", self.output_dir, message)
+        self._log({"step": self.step, "kind": "warning", "message": message})
+
     def batch_features(self, views: np.ndarray) -> Tensor:
         """Frozen features of training views [B, M, C, h, w], read from the cache."""
         return self.data.train.load(views, self.device)
@@ -485,25 +521,61 @@ class Trainer:
         return record
 
     def _validate(self) -> dict[str, Any]:
-        evaluation = evaluate_store(
-            self.heads, self.data.selection, patch_size=self.backbone.patch_size, device=self.device
-        )
-        record: dict[str, Any] = {
-            "step": self.step,
-            "split": self.splits.selection_name,
-            "miou": evaluation.scores.miou,
-            "accuracy": evaluation.scores.accuracy,
-        }
-        if evaluation.probe_miou is not None:
-            record["linear_probe_miou"] = evaluation.probe_miou
-            record["linear_probe_accuracy"] = evaluation.probe_accuracy
-        if self.best is None or evaluation.scores.miou > self.best["miou"]:
-            self.best = {
-                "step": self.step,
+        """Measure health and label-free criteria (and mIoU when labelled); keep the best.
+
+        With labels the best checkpoint is the one of highest mIoU; without, the one of best
+        ``train.label_free_criterion``, a collapsed checkpoint never beating a healthy one.
+        """
+        measured = self.probe.measure(self.heads)
+        health = measured.health.to_record()
+        record: dict[str, Any] = {"step": self.step, "split": self.splits.selection_name}
+        record.update({f"health/{k}": v for k, v in health.items()})
+        record.update({f"criterion/{k}": v for k, v in measured.criteria.items()})
+        if measured.health.collapsed:
+            self._warn(
+                f"step {self.step}: clusters COLLAPSED on {self.splits.selection_name}: "
+                f"{measured.health.reason}"
+            )
+        scores: dict[str, Any] = {}
+        if self.labelled:
+            evaluation = evaluate_store(
+                self.heads,
+                self.data.selection,
+                patch_size=self.backbone.patch_size,
+                device=self.device,
+                cluster_order=eval_cluster_order(self.config),
+            )
+            scores = {
                 "miou": evaluation.scores.miou,
                 "accuracy": evaluation.scores.accuracy,
-                "heads": {k: v.detach().cpu().clone() for k, v in self.heads.state_dict().items()},
                 "mapping": evaluation.scores.mapping.tolist(),
+            }
+            record["miou"] = evaluation.scores.miou
+            record["accuracy"] = evaluation.scores.accuracy
+            if evaluation.probe_miou is not None:
+                record["linear_probe_miou"] = evaluation.probe_miou
+                record["linear_probe_accuracy"] = evaluation.probe_accuracy
+            criterion = "miou"
+            value = evaluation.scores.miou
+            improved = self.best is None or value > self.best["value"]
+        else:
+            criterion = self.config.train.label_free_criterion
+            value = measured.criteria[criterion]
+            healthy = not measured.health.collapsed
+            best_healthy = self.best is not None and not self.best["collapsed"]
+            improved = (
+                self.best is None
+                or (healthy and not best_healthy)
+                or (healthy == best_healthy and better(criterion, value, self.best["value"]))
+            )
+        if improved:
+            self.best = {
+                "step": self.step,
+                "criterion": criterion,
+                "value": value,
+                "collapsed": measured.health.collapsed,
+                **scores,
+                "heads": {k: v.detach().cpu().clone() for k, v in self.heads.state_dict().items()},
             }
         return record
 
@@ -543,13 +615,14 @@ class Trainer:
             if self.step % LOG_EVERY == 0 or self.step == total:
                 self._log({"step": self.step, "kind": "train", **record})
                 tracker.log(self.step, numeric_metrics(record, prefix="train/"))
-            if self.labelled and (self.step % config.train.val_every == 0 or self.step == total):
+            if self.step % config.train.val_every == 0 or self.step == total:
                 val = self._validate()
                 self._log({"kind": "val", **val})
                 tracker.log(self.step, numeric_metrics(val, prefix="val/"))
-                bar.set_postfix(loss=f"{record['loss']:.4f}", miou=f"{val['miou']:.1f}")
-                if self.val_hook is not None:
-                    self.val_hook(self.step, val)
+                if self.labelled:
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", miou=f"{val['miou']:.1f}")
+                    if self.val_hook is not None:
+                        self.val_hook(self.step, val)
             if self.step % config.train.checkpoint_every == 0 or self.step == total:
                 self._save_state()
             if self.step_hook is not None:
@@ -563,14 +636,17 @@ class Trainer:
             "train_seconds_this_session": round(seconds, 2),
         }
         mapping = None
-        if self.best is not None:
-            final_heads.load_state_dict(self.best["heads"])
-            metrics["selection"] = {
-                "split": self.splits.selection_name,
-                "step": self.best["step"],
-                "miou": self.best["miou"],
-                "accuracy": self.best["accuracy"],
-            }
+        assert self.best is not None  # the last step always validates
+        final_heads.load_state_dict(self.best["heads"])
+        selection: dict[str, Any] = {
+            "split": self.splits.selection_name,
+            "step": self.best["step"],
+            "criterion": self.best["criterion"],
+            "value": self.best["value"],
+            "labelled": self.labelled,
+        }
+        if self.labelled:
+            selection.update(miou=self.best["miou"], accuracy=self.best["accuracy"])
             info = self.splits.info
             mapping = ClassMapping(
                 cluster_to_class=tuple(int(c) for c in self.best["mapping"]),
@@ -578,16 +654,32 @@ class Trainer:
                 palette=np.asarray(info.palette, dtype=np.uint8),
             )
         else:
-            final_heads.load_state_dict(self.heads.state_dict())
-            metrics["selection"] = {
-                "split": None,
-                "step": self.step,
-                "note": "no labels: last step",
-            }
+            selection["note"] = (
+                f"no labels: selected by the label-free criterion {self.best['criterion']!r}"
+            )
+        metrics["selection"] = selection
+        LOGGER.info(
+            "%s: checkpoint of step %d selected on %s by %s = %.4g",
+            self.output_dir,
+            self.best["step"],
+            self.splits.selection_name,
+            self.best["criterion"],
+            self.best["value"],
+        )
         final_heads.to(self.device)
+        final = self.probe.measure(final_heads)
+        metrics["health"] = final.health.to_record()
+        metrics["collapsed"] = final.health.collapsed
+        metrics["label_free_criteria"] = final.criteria
+        if final.health.collapsed:
+            self._warn(f"the selected model's clusters are COLLAPSED: {final.health.reason}")
         if self.data.test is not None and self.data.test.labels is not None:
             test = evaluate_store(
-                final_heads, self.data.test, patch_size=self.backbone.patch_size, device=self.device
+                final_heads,
+                self.data.test,
+                patch_size=self.backbone.patch_size,
+                device=self.device,
+                cluster_order=eval_cluster_order(self.config),
             )
             metrics["test"] = {
                 "split": self.splits.test_name,
