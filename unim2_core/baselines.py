@@ -35,6 +35,7 @@ from torch import Tensor
 
 from unim2_core.atomic import atomic_write_text
 from unim2_core.backbone import load_backbone
+from unim2_core.cluster_health import ClusterUsage, assess, cluster_usage
 from unim2_core.config import TrainConfig
 from unim2_core.errors import ConfigError, DataError
 from unim2_core.feature_cache import FeatureStore
@@ -150,6 +151,22 @@ def evaluate_centroids(
     return confusion.score()
 
 
+@torch.no_grad()
+def centroid_usage(
+    centroids: Tensor, store: FeatureStore, *, device: torch.device, chunk: int = 16
+) -> ClusterUsage:
+    """Cluster usage of nearest-centroid assignments of a cached split at feature resolution
+    (no labels needed)."""
+    unit = F.normalize(centroids.to(device), dim=1)  # [K, D]
+    counts = torch.zeros(unit.shape[0], dtype=torch.int64)
+    for start in range(0, store.n_views, chunk):
+        idx = np.arange(start, min(start + chunk, store.n_views))
+        feats = kmeans_features(store.load(idx, device))  # [B, D, h, w]
+        ids = torch.einsum("bdhw,kd->bkhw", feats, unit).argmax(dim=1).flatten().cpu()
+        counts += torch.bincount(ids, minlength=unit.shape[0])
+    return cluster_usage(np.repeat(np.arange(unit.shape[0]), counts.numpy()), unit.shape[0])
+
+
 def _split_record(split: str | None, scores: SegmentationScores) -> dict[str, Any]:
     return {
         "split": split,
@@ -174,8 +191,11 @@ def run_kmeans(
 
     K is ``model.n_clusters``, or the number of classes; seeded by ``train.seed``.
 
+    The selection split may be unlabelled: k-means is then not scored there, but its cluster
+    usage is recorded (``health``) as for every variant.
+
     Raises:
-        DataError: the selection split has no labels.
+        ConfigError: no ``model.n_clusters`` and no class names to take K from.
     """
     written: dict[Variant, Path] = {}
     if not variants:
@@ -192,6 +212,8 @@ def run_kmeans(
         )
         n_classes = len(splits.info.class_names)
         n_clusters = config.model.n_clusters or n_classes
+        if n_clusters < 1:
+            raise ConfigError("model.n_clusters must be set for unlabelled data")
         points = sample_pixels(
             stores.train, max_pixels=max_pixels, seed=config.train.seed, device=device
         )
@@ -213,7 +235,15 @@ def run_kmeans(
             "train_pixels": int(points.shape[0]),
             "iterations": iterations,
             "init": init,
-            "selection": _split_record(splits.selection_name, score(stores.selection)),
+            "selection": (
+                _split_record(splits.selection_name, score(stores.selection))
+                if stores.selection.labels is not None
+                else {"split": splits.selection_name, "labelled": False}
+            ),
+            "health": assess(
+                centroid_usage(centroids, stores.selection, device=device), None, None
+            ).to_record(),
+            "collapsed": False,
         }
         if stores.test is not None and stores.test.labels is not None:
             metrics["test"] = _split_record(splits.test_name, score(stores.test))
@@ -225,18 +255,27 @@ def run_kmeans(
 
 
 class ComparisonRow(NamedTuple):
-    """One variant's scores as read from its ``metrics.json``."""
+    """One variant's scores as read from its ``metrics.json``.
+
+    Selection scores are None when the selection split is unlabelled; ``selected_by`` names
+    how a trained variant's checkpoint was chosen (``miou`` or a label-free criterion; None for
+    k-means). ``largest_cluster_share`` and ``collapsed`` are the cluster health on the
+    selection split (``unim2_core.cluster_health``).
+    """
 
     variant: str
     description: str
     modalities: tuple[str, ...]
     selection_split: str
-    selection_miou: float
-    selection_accuracy: float
+    selection_miou: float | None
+    selection_accuracy: float | None
     test_split: str | None
     test_miou: float | None
     test_accuracy: float | None
     metrics_path: Path
+    selected_by: str | None = None
+    largest_cluster_share: float | None = None
+    collapsed: bool = False
 
 
 class ComparisonTable(NamedTuple):
@@ -252,30 +291,33 @@ def read_row(variant: Variant, path: Path, modalities: Sequence[str]) -> Compari
     """A comparison row from a variant's ``metrics.json`` (trainer's or k-means's).
 
     Raises:
-        DataError: the file is missing or unreadable, or holds no selection scores (unlabelled
-            data cannot be compared).
+        DataError: the file is missing or unreadable, or holds no selection record.
     """
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise DataError(f"cannot read metrics {str(path)!r}: {err}") from err
     selection = metrics.get("selection")
-    if not isinstance(selection, dict) or "miou" not in selection:
-        raise DataError(
-            f"{str(path)!r} holds no selection scores: baselines need a labelled selection split"
-        )
+    if not isinstance(selection, dict) or "split" not in selection:
+        raise DataError(f"{str(path)!r} holds no selection record")
     test = metrics.get("test")
+    health = metrics.get("health")
+    share = health.get("largest_cluster_share") if isinstance(health, dict) else None
+    labelled = "miou" in selection
     return ComparisonRow(
         variant=variant,
         description=DESCRIPTIONS[variant],
         modalities=tuple(modalities),
         selection_split=str(selection["split"]),
-        selection_miou=float(selection["miou"]),
-        selection_accuracy=float(selection["accuracy"]),
+        selection_miou=float(selection["miou"]) if labelled else None,
+        selection_accuracy=float(selection["accuracy"]) if labelled else None,
         test_split=None if test is None else str(test["split"]),
         test_miou=None if test is None else float(test["miou"]),
         test_accuracy=None if test is None else float(test["accuracy"]),
         metrics_path=path,
+        selected_by=selection.get("criterion"),
+        largest_cluster_share=None if share is None else float(share),
+        collapsed=bool(metrics.get("collapsed", False)),
     )
 
 
@@ -302,7 +344,7 @@ def compare(
 
     Raises:
         ConfigError: an unknown or inapplicable variant, or a repeated one.
-        DataError: unlabelled selection split, or bad input (naming the file).
+        DataError: bad input (naming the file).
     """
     if not variants:
         raise ConfigError("no baseline variant requested")
@@ -350,8 +392,9 @@ def format_comparison(table: ComparisonTable) -> str:
         "Hungarian-matched.",
         "",
         f"| variant | modalities | {table.selection_split} mIoU | {table.selection_split} Acc"
-        + (f" | {test_split} mIoU | {test_split} Acc |" if test_split else " |"),
-        "|---|---|---|---" + ("|---|---|" if test_split else "|"),
+        + (f" | {test_split} mIoU | {test_split} Acc" if test_split else "")
+        + " | selected by | largest cluster | collapsed |",
+        "|---|---|---|---" + ("|---|---" if test_split else "") + "|---|---|---|",
     ]
     for row in table.rows:
         cells = [
@@ -362,7 +405,26 @@ def format_comparison(table: ComparisonTable) -> str:
         ]
         if test_split:
             cells += [_number(row.test_miou), _number(row.test_accuracy)]
+        cells += [
+            row.selected_by or "-",
+            "-" if row.largest_cluster_share is None else f"{100 * row.largest_cluster_share:.0f}%",
+            "**COLLAPSED**" if row.collapsed else "no",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(row.collapsed for row in table.rows):
+        lines += [
+            "",
+            "> **Collapsed**: "
+            + ", ".join(f"`{row.variant}`" for row in table.rows if row.collapsed)
+            + " put most pixels into one cluster (or give nearly identical codes) while k-means "
+            "on the same features does not; see `health` in the variant's metrics.json.",
+        ]
+    if not any(row.selection_miou is not None for row in table.rows):
+        lines += [
+            "",
+            "> The selection split has no labels: trained variants were selected by their "
+            "label-free criterion (`selected by`), and no variant is scored on it.",
+        ]
     if table.selected_on_test:
         lines += [
             "",

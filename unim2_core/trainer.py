@@ -72,6 +72,12 @@ class FrameSubset:
         group: FrameGroup = self.source[self.indices[index]]
         return group
 
+    def has_labels(self, index: int) -> bool:
+        """Whether frame ``index`` has ground truth (asks the source, which may know cheaply)."""
+        if hasattr(self.source, "has_labels"):
+            return bool(self.source.has_labels(self.indices[index]))
+        return self[index].labels is not None
+
 
 def holdout_split(n_frames: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Seeded split of frame indices into (train, held-out), at least one frame in each."""
@@ -500,8 +506,9 @@ class Trainer:
         linear_loss = None
         if self.heads.linear_probe is not None and data.train.labels is not None:
             labels = torch.from_numpy(np.asarray(data.train.labels[anchors]).astype(np.int64))
-            linear_loss = self.heads.linear_probe.loss(code, labels.to(self.device))
-            probe_loss = probe_loss + linear_loss
+            if bool((labels != 255).any()):  # a batch of only unlabelled frames has no CE
+                linear_loss = self.heads.linear_probe.loss(code, labels.to(self.device))
+                probe_loss = probe_loss + linear_loss
         if not torch.isfinite(terms.total):
             raise TrainingError(f"loss became {terms.total.item()} at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
