@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from unim2_core.atomic import atomic_output, atomic_path, atomic_write_text
-from unim2_core.evaluation.replay_report import write_video
+from unim2_core.evaluation.replay_video import write_video
 
 
 def test_write_replaces_content_and_leaves_no_temporary(tmp_path: Path) -> None:

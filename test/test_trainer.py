@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from synthetic_data import tiny_config, write_synthetic_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -307,7 +308,39 @@ def test_unlabelled_data_needs_a_cluster_count(
     )
     bundle = load_bundle(result.bundle_path)
     assert bundle.class_mapping is None and bundle.heads_config.n_clusters == 5
-    assert result.metrics["selection"]["split"] is None
+    selection = result.metrics["selection"]
+    assert (selection["split"], selection["labelled"]) == ("train held-out 0.25", False)
+    assert selection["criterion"] == "kmeans_nmi" and "label-free" in selection["note"]
+
+
+def test_selection_without_labels_picks_the_best_checkpoint_by_the_named_criterion(
+    data_root: Path, cache_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    for sub in ("rgb", "depth"):
+        (unlabelled / sub).symlink_to(data_root / sub)
+    config = _config(
+        unlabelled,
+        tmp_path / "run",
+        cache_dir,
+        model={"n_clusters": 6, "linear_probe": False},
+        train={"steps": 8, "val_every": 2, "label_free_criterion": "code_stability"},
+    )
+    with caplog.at_level("INFO", logger="unim2_core.training.trainer"):
+        result = train(config, progress=False)
+    val = [r for r in _log_records(tmp_path / "run") if r["kind"] == "val"]
+    assert [r["step"] for r in val] == [2, 4, 6, 8]
+    assert all("miou" not in r for r in val)
+    healthy = [r for r in val if not r["health/collapsed"]] or val
+    best = max(healthy, key=lambda r: float(r["criterion/code_stability"]))  # type: ignore[arg-type]
+    selection = result.metrics["selection"]
+    assert selection["criterion"] == "code_stability"
+    assert selection["step"] == best["step"]
+    assert selection["value"] == pytest.approx(best["criterion/code_stability"])
+    assert load_bundle(result.bundle_path).metrics["selection"] == selection
+    assert "selected on train held-out 0.25 by code_stability" in caplog.text
+    assert not (tmp_path / "run" / "val_miou.png").exists()  # nothing labelled to plot
 
 
 def test_selecting_on_test_is_labelled_so(data_root: Path, cache_dir: Path, tmp_path: Path) -> None:
@@ -349,3 +382,66 @@ def test_holdout_split_is_seeded_disjoint_and_non_empty() -> None:
     assert len(held) == 2 and not set(kept) & set(held) and sorted(kept + held) == list(range(20))
     assert holdout_split(20, 0.1, seed=0) == (kept, held)
     assert holdout_split(3, 0.01, seed=0)[1] and holdout_split(3, 0.99, seed=0)[0]
+
+
+def test_mixed_labelled_and_unlabelled_folder_trains_and_evaluates_its_labelled_frames(
+    data_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    from unim2_train.evaluate import main as eval_main
+
+    mixed = tmp_path / "mixed"
+    (mixed / "labels").mkdir(parents=True)
+    for sub in ("rgb", "depth"):
+        (mixed / sub).symlink_to(data_root / sub)
+    (mixed / "dataset.yaml").symlink_to(data_root / "dataset.yaml")
+    labelled = ["0000", "0002", "0004", "0006", "0009", "0010"]
+    for stem in labelled:
+        (mixed / "labels" / f"{stem}.png").symlink_to(data_root / "labels" / f"{stem}.png")
+    (mixed / "splits").mkdir()
+    (mixed / "splits" / "train.txt").write_text("\n".join(f"{i:04d}" for i in range(9)))
+    (mixed / "splits" / "val.txt").write_text("0009\n0010\n0011\n")
+    raw = tiny_config(mixed, tmp_path / "run", dataset={"val_split": "val"})
+    raw["cache_dir"] = str(cache_dir)
+    config = parse_config(raw)
+    trainer = Trainer(config, progress=False)
+    selection_labels = np.asarray(trainer.data.selection.labels)
+    assert (selection_labels[2] == 255).all()  # '0011' has no labels: ignored everywhere
+    assert (selection_labels[:2] != 255).any(axis=(1, 2)).all()
+    train_labels = np.asarray(trainer.data.train.labels).reshape(9, 5, -1)
+    assert [bool((train_labels[i] != 255).any()) for i in range(9)] == [
+        f"{i:04d}" in labelled for i in range(9)
+    ]
+    result = trainer.run()
+    assert result.metrics["selection"]["criterion"] == "miou"
+    assert 0.0 < result.metrics["selection"]["miou"] <= 100.0
+    config_path = tmp_path / "cfg.yaml"
+    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = tmp_path / "eval"
+    args = ["--config", str(config_path), "--checkpoint", str(result.bundle_path)]
+    assert eval_main([*args, "--split", "val", "--out", str(out), "--no-progress"]) == 0
+    written = json.loads((out / "metrics.json").read_text())
+    assert (written["n_frames"], written["n_unlabelled_frames"]) == (2, 1)
+    assert written["miou"] == pytest.approx(result.metrics["selection"]["miou"], abs=0.5)
+    assert "2 labelled (1 unlabelled skipped)" in (out / "report.md").read_text()
+
+
+def test_a_collapsed_model_is_flagged_in_the_log_and_metrics(
+    data_root: Path, cache_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    trainer = Trainer(
+        _config(data_root, tmp_path / "run", cache_dir, train={"steps": 2, "val_every": 2}),
+        progress=False,
+    )
+    with torch.no_grad():
+        for module in trainer.heads.head.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.zero_()
+                module.bias.fill_(0.1)  # one code for every pixel
+    with caplog.at_level("WARNING", logger="unim2_core.training.trainer"):
+        record = trainer._validate()
+    assert record["health/collapsed"] is True
+    assert record["health/largest_cluster_share"] == 1.0
+    assert record["health/kmeans_largest_cluster_share"] <= 0.6
+    assert "clusters COLLAPSED" in caplog.text and "100% of the pixels" in caplog.text
+    warnings = [r for r in _log_records(tmp_path / "run") if r["kind"] == "warning"]
+    assert len(warnings) == 1 and "COLLAPSED" in str(warnings[0]["message"])

@@ -125,6 +125,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
         device=config.train.device,
         shorter_side=crop_size if protocol == "paper" else config.crops.shorter_side,
         apply_mapping=False,
+        cluster_order="code" if protocol == "paper" else "similarity",
     )
     frames, split_name = _open_split(config, args.split)
     report = evaluate_split(

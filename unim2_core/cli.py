@@ -9,6 +9,7 @@ Conventions (README, "Command-line conventions"): ``--out`` names the output fol
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable
 
@@ -69,7 +70,9 @@ def run_cli(body: Callable[[], int]) -> int:
 
     Ctrl-C exits with 130 after one line; a command that saved its work when interrupted
     (:class:`Interrupted`) says where it stopped and exits with 128 + the signal number.
+    Library log records (INFO and up, e.g. the trainer's collapse WARNINGs) go to stderr.
     """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
         return body()
     except Unim2Error as err:

@@ -25,6 +25,8 @@ from unim2_core.model.checkpoint import Bundle, load_bundle
 Device = str
 """A device name checked by :func:`unim2_core.device.resolve_device` (``cuda:1``...)."""
 Precision = Literal["fp32", "fp16", "bf16"]
+ClusterOrder = Literal["similarity", "code"]
+CLUSTER_ORDERS: tuple[ClusterOrder, ...] = ("similarity", "code")
 PRECISIONS: dict[Precision, torch.dtype] = {
     "fp32": torch.float32,
     "fp16": torch.float16,
@@ -86,6 +88,33 @@ def clusters_from_similarity(
     return clusters, best
 
 
+def clusters_from_code(
+    code: Tensor, centroids: Tensor, *, output_size: tuple[int, int]
+) -> tuple[Tensor, Tensor]:
+    """Cluster ids and their cosine similarity in the reference implementation's order.
+
+    The paper's evaluation (STEGO / UniM2 reference) upsamples the code bilinearly to the label
+    size, L2-normalises every upsampled pixel code and only then takes the cosine with the
+    centroids. ``clusters_from_similarity`` (the node's fast path) takes the cosine at feature
+    resolution and upsamples the K similarities instead; the two disagree near cluster borders
+    (on random codes a few percent of pixels), so ``eval.protocol: paper`` uses this order.
+
+    Args:
+        code: [B, D, h, w] codes at feature resolution (any norm).
+        centroids: [K, D] centroids (any norm).
+        output_size: Label size (H, W) the code is upsampled to.
+
+    Returns:
+        ``(clusters [B, H, W] int64, best [B, H, W] float)``.
+    """
+    upsampled = F.interpolate(code, size=output_size, mode="bilinear", align_corners=False)
+    similarity = torch.einsum(
+        "bdhw,kd->bkhw", F.normalize(upsampled, dim=1), F.normalize(centroids, dim=1)
+    )  # [B, K, H, W]
+    best, clusters = similarity.max(dim=1)
+    return clusters, best
+
+
 class Segmenter:
     """A trained bundle on a loaded backbone, ready to segment frame groups.
 
@@ -99,11 +128,15 @@ class Segmenter:
             bundle's default when None.
         apply_mapping: Output class ids through the bundle's cluster -> class mapping when it has
             one; False gives raw cluster ids (what the Hungarian evaluator needs).
+        cluster_order: ``similarity`` (default, the node's fast path: cosine at feature
+            resolution, similarities upsampled, see ``clusters_from_similarity``) or ``code``
+            (the reference's order: code upsampled to the output size, normalised, then the
+            cosine, see ``clusters_from_code``; what ``eval.protocol: paper`` uses).
 
     Raises:
         CheckpointError: the backbone does not match the bundle.
         ConfigError: an unknown device, or one torch does not see.
-        ValueError: an unknown precision, or a non-positive resolution.
+        ValueError: an unknown precision or cluster order, or a non-positive resolution.
     """
 
     def __init__(
@@ -115,8 +148,14 @@ class Segmenter:
         precision: Precision = "fp32",
         shorter_side: int | None = None,
         apply_mapping: bool = True,
+        cluster_order: ClusterOrder = "similarity",
     ) -> None:
         bundle.check_compatible(backbone=backbone.identity)
+        if cluster_order not in CLUSTER_ORDERS:
+            raise ValueError(
+                f"cluster_order must be one of {CLUSTER_ORDERS}, got {cluster_order!r}"
+            )
+        self.cluster_order = cluster_order
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         if shorter_side is not None and shorter_side < 1:
@@ -203,12 +242,17 @@ class Segmenter:
             EncodingError: a modality is missing, sizes differ, or an array is invalid.
         """
         height, width = check_group(arrays, self.modalities)
-        similarity = self.heads.cluster_probe.similarity(self.code(arrays))  # [1, K, h, w]
-        clusters, best = clusters_from_similarity(
-            similarity,
-            processing_size=self.processing_size(height, width),
-            output_size=(height, width),
-        )
+        code = self.code(arrays)  # [1, D, h, w]
+        if self.cluster_order == "code":
+            clusters, best = clusters_from_code(
+                code, self.heads.cluster_probe.centroids, output_size=(height, width)
+            )
+        else:
+            clusters, best = clusters_from_similarity(
+                self.heads.cluster_probe.similarity(code),  # [1, K, h, w]
+                processing_size=self.processing_size(height, width),
+                output_size=(height, width),
+            )
         labels = self._lookup[clusters[0]].to("cpu").numpy().astype(self._label_dtype)
         confidence = best[0].to("cpu", torch.float32).numpy() if with_confidence else None
         return SegmentationResult(labels=labels, confidence=confidence)

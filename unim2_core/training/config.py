@@ -22,6 +22,7 @@ from unim2_core.data.encoding import ModalityEncoding
 from unim2_core.device import device_problem
 from unim2_core.errors import ConfigError
 from unim2_core.model.loss import ModalityLossConfig
+from unim2_core.training.label_free import DEFAULT_CRITERION, Criterion
 
 DatasetKind = Literal["nyu", "mfnet", "mcubes", "folder"]
 
@@ -128,6 +129,9 @@ class TrainSection:
         val_every: Validate (and keep the best model) every this many steps.
         checkpoint_every: Write a resumable training state every this many steps.
         selection_split: ``val`` (default) or ``test``; selecting on test is reported as such.
+        label_free_criterion: Unsupervised criterion that picks the checkpoint when the
+            selection split has no labels (see ``unim2_core.training.label_free``); every
+            criterion is logged at each validation either way.
         grad_clip: Clip the heads' gradient norm to this value (None: no clipping).
     """
 
@@ -140,6 +144,7 @@ class TrainSection:
     val_every: int = 200
     checkpoint_every: int = 200
     selection_split: Literal["val", "test"] = "val"
+    label_free_criterion: Criterion = DEFAULT_CRITERION
     grad_clip: float | None = None
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import signal
 import threading
@@ -40,11 +41,16 @@ from unim2_core.model.backbone import Backbone, load_backbone
 from unim2_core.model.checkpoint import Bundle, ClassMapping, save_bundle
 from unim2_core.model.heads import HeadsConfig, UniM2Heads
 from unim2_core.model.loss import LossConfig, cmcs_loss
-from unim2_core.runtime.segmenter import clusters_from_similarity
+from unim2_core.runtime.segmenter import (
+    ClusterOrder,
+    clusters_from_code,
+    clusters_from_similarity,
+)
 from unim2_core.torch_files import load_torch_file
 from unim2_core.training.config import TrainConfig, config_to_dict
 from unim2_core.training.feature_cache import FeatureStore, ViewSpec, extract_features
 from unim2_core.training.knn import cached_neighbours
+from unim2_core.training.label_free import SelectionProbe, better
 from unim2_core.training.tracking import Tracker, numeric_metrics, open_tracker
 
 RESUME_NEUTRAL_KEYS = (
@@ -60,6 +66,7 @@ live, how often the state is saved, trackers, the device, and ``train.steps`` (t
 it must not go below the step reached). Every other key changes results, so a difference in it
 refuses the resume, naming the key."""
 
+LOGGER = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
 BUNDLE_FILE = "model.unim2.pt"
 LOG_EVERY = 10
@@ -80,6 +87,12 @@ class FrameSubset:
     def __getitem__(self, index: int) -> FrameGroup:
         group: FrameGroup = self.source[self.indices[index]]
         return group
+
+    def has_labels(self, index: int) -> bool:
+        """Whether frame ``index`` has ground truth (asks the source, which may know cheaply)."""
+        if hasattr(self.source, "has_labels"):
+            return bool(self.source.has_labels(self.indices[index]))
+        return self[index].labels is not None
 
 
 def holdout_split(n_frames: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -158,6 +171,12 @@ def eval_view(config: TrainConfig) -> ViewSpec:
     if config.eval.protocol == "paper":
         return ViewSpec("paper", config.eval.crop_size, interpolation=config.crops.interpolation)
     return ViewSpec("full", config.crops.shorter_side, interpolation=config.crops.interpolation)
+
+
+def eval_cluster_order(config: TrainConfig) -> ClusterOrder:
+    """How cluster ids are computed under the config's protocol: the reference's order
+    (upsample the code, normalise, cosine) for ``paper``, the node's fast path for ``full``."""
+    return "code" if config.eval.protocol == "paper" else "similarity"
 
 
 def prepare_caches(
@@ -250,12 +269,14 @@ def evaluate_store(
     *,
     patch_size: int,
     device: torch.device,
+    cluster_order: ClusterOrder = "similarity",
     chunk: int = 16,
 ) -> Evaluation:
     """Hungarian-matched metrics of the heads on a cached, labelled evaluation split.
 
-    Post-processing is the Segmenter's (``clusters_from_similarity``), so validation numbers
-    are those the node would produce on the same views.
+    Post-processing is the Segmenter's with the same ``cluster_order`` (``similarity``: the
+    node's fast path; ``code``: the reference's order of the paper protocol), so validation
+    numbers are those the Segmenter produces on the same views.
     """
     if store.labels is None:
         raise DataError(f"split cached at {str(store.path)!r} has no labels")
@@ -273,9 +294,14 @@ def evaluate_store(
         features = store.load(idx, device)
         labels = np.asarray(store.labels[idx])
         code = heads(features)
-        clusters, _ = clusters_from_similarity(
-            heads.cluster_probe.similarity(code), processing_size=proc, output_size=label_size
-        )
+        if cluster_order == "code":
+            clusters, _ = clusters_from_code(
+                code, heads.cluster_probe.centroids, output_size=label_size
+            )
+        else:
+            clusters, _ = clusters_from_similarity(
+                heads.cluster_probe.similarity(code), processing_size=proc, output_size=label_size
+            )
         if confusion is None:
             n_label_classes = n_classes or int(labels[labels != 255].max(initial=0)) + 1
             confusion = ConfusionMatrix(n_clusters, n_label_classes)
@@ -375,6 +401,16 @@ class Trainer:
             zero_clamp=config.loss.zero_clamp,
         )
         self._init_model()
+        self.probe = SelectionProbe(
+            self.data.train,
+            self.data.selection,
+            n_clusters=self.heads.config.n_clusters,
+            loss_config=self.loss_config,
+            modalities=config.modality_names,
+            seed=config.train.seed,
+            device=self.device,
+            batch_size=config.train.batch_size,
+        )
 
     def _init_model(self) -> None:
         """Fresh heads and optimisers from the seed, then the saved state if there is one."""
@@ -468,6 +504,11 @@ class Trainer:
         with self.log_path.open("a", encoding="utf-8") as stream:
             stream.write(json.dumps(record) + "\n")
 
+    def _warn(self, message: str) -> None:
+        """A WARNING on the ``unim2_core.training.trainer`` logger and a ``warning`` log record."""
+        LOGGER.warning("%s: %s", self.output_dir, message)
+        self._log({"step": self.step, "kind": "warning", "message": message})
+
     def batch_features(self, views: np.ndarray) -> Tensor:
         """Frozen features of training views [B, M, C, h, w], read from the cache."""
         return self.data.train.load(views, self.device)
@@ -505,8 +546,9 @@ class Trainer:
         linear_loss = None
         if self.heads.linear_probe is not None and data.train.labels is not None:
             labels = torch.from_numpy(np.asarray(data.train.labels[anchors]).astype(np.int64))
-            linear_loss = self.heads.linear_probe.loss(code, labels.to(self.device))
-            probe_loss = probe_loss + linear_loss
+            if bool((labels != 255).any()):  # a batch of only unlabelled frames has no CE
+                linear_loss = self.heads.linear_probe.loss(code, labels.to(self.device))
+                probe_loss = probe_loss + linear_loss
         if not torch.isfinite(terms.total):
             raise TrainingError(f"loss became {terms.total.item()} at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -526,25 +568,61 @@ class Trainer:
         return record
 
     def _validate(self) -> dict[str, Any]:
-        evaluation = evaluate_store(
-            self.heads, self.data.selection, patch_size=self.backbone.patch_size, device=self.device
-        )
-        record: dict[str, Any] = {
-            "step": self.step,
-            "split": self.splits.selection_name,
-            "miou": evaluation.scores.miou,
-            "accuracy": evaluation.scores.accuracy,
-        }
-        if evaluation.probe_miou is not None:
-            record["linear_probe_miou"] = evaluation.probe_miou
-            record["linear_probe_accuracy"] = evaluation.probe_accuracy
-        if self.best is None or evaluation.scores.miou > self.best["miou"]:
-            self.best = {
-                "step": self.step,
+        """Measure health and label-free criteria (and mIoU when labelled); keep the best.
+
+        With labels the best checkpoint is the one of highest mIoU; without, the one of best
+        ``train.label_free_criterion``, a collapsed checkpoint never beating a healthy one.
+        """
+        measured = self.probe.measure(self.heads)
+        health = measured.health.to_record()
+        record: dict[str, Any] = {"step": self.step, "split": self.splits.selection_name}
+        record.update({f"health/{k}": v for k, v in health.items()})
+        record.update({f"criterion/{k}": v for k, v in measured.criteria.items()})
+        if measured.health.collapsed:
+            self._warn(
+                f"step {self.step}: clusters COLLAPSED on {self.splits.selection_name}: "
+                f"{measured.health.reason}"
+            )
+        scores: dict[str, Any] = {}
+        if self.labelled:
+            evaluation = evaluate_store(
+                self.heads,
+                self.data.selection,
+                patch_size=self.backbone.patch_size,
+                device=self.device,
+                cluster_order=eval_cluster_order(self.config),
+            )
+            scores = {
                 "miou": evaluation.scores.miou,
                 "accuracy": evaluation.scores.accuracy,
-                "heads": {k: v.detach().cpu().clone() for k, v in self.heads.state_dict().items()},
                 "mapping": evaluation.scores.mapping.tolist(),
+            }
+            record["miou"] = evaluation.scores.miou
+            record["accuracy"] = evaluation.scores.accuracy
+            if evaluation.probe_miou is not None:
+                record["linear_probe_miou"] = evaluation.probe_miou
+                record["linear_probe_accuracy"] = evaluation.probe_accuracy
+            criterion = "miou"
+            value = evaluation.scores.miou
+            improved = self.best is None or value > self.best["value"]
+        else:
+            criterion = self.config.train.label_free_criterion
+            value = measured.criteria[criterion]
+            healthy = not measured.health.collapsed
+            best_healthy = self.best is not None and not self.best["collapsed"]
+            improved = (
+                self.best is None
+                or (healthy and not best_healthy)
+                or (healthy == best_healthy and better(criterion, value, self.best["value"]))
+            )
+        if improved:
+            self.best = {
+                "step": self.step,
+                "criterion": criterion,
+                "value": value,
+                "collapsed": measured.health.collapsed,
+                **scores,
+                "heads": {k: v.detach().cpu().clone() for k, v in self.heads.state_dict().items()},
             }
         return record
 
@@ -595,13 +673,14 @@ class Trainer:
             if self.step % LOG_EVERY == 0 or self.step == total:
                 self._log({"step": self.step, "kind": "train", **record})
                 tracker.log(self.step, numeric_metrics(record, prefix="train/"))
-            if self.labelled and (self.step % config.train.val_every == 0 or self.step == total):
+            if self.step % config.train.val_every == 0 or self.step == total:
                 val = self._validate()
                 self._log({"kind": "val", **val})
                 tracker.log(self.step, numeric_metrics(val, prefix="val/"))
-                bar.set_postfix(loss=f"{record['loss']:.4f}", miou=f"{val['miou']:.1f}")
-                if self.val_hook is not None:
-                    self.val_hook(self.step, val)
+                if self.labelled:
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", miou=f"{val['miou']:.1f}")
+                    if self.val_hook is not None:
+                        self.val_hook(self.step, val)
             if self.step % config.train.checkpoint_every == 0 or self.step == total:
                 self._save_state()
             if self.step_hook is not None:
@@ -615,14 +694,17 @@ class Trainer:
             "train_seconds_this_session": round(seconds, 2),
         }
         mapping = None
-        if self.best is not None:
-            final_heads.load_state_dict(self.best["heads"])
-            metrics["selection"] = {
-                "split": self.splits.selection_name,
-                "step": self.best["step"],
-                "miou": self.best["miou"],
-                "accuracy": self.best["accuracy"],
-            }
+        assert self.best is not None  # the last step always validates
+        final_heads.load_state_dict(self.best["heads"])
+        selection: dict[str, Any] = {
+            "split": self.splits.selection_name,
+            "step": self.best["step"],
+            "criterion": self.best["criterion"],
+            "value": self.best["value"],
+            "labelled": self.labelled,
+        }
+        if self.labelled:
+            selection.update(miou=self.best["miou"], accuracy=self.best["accuracy"])
             info = self.splits.info
             mapping = ClassMapping(
                 cluster_to_class=tuple(int(c) for c in self.best["mapping"]),
@@ -630,16 +712,32 @@ class Trainer:
                 palette=np.asarray(info.palette, dtype=np.uint8),
             )
         else:
-            final_heads.load_state_dict(self.heads.state_dict())
-            metrics["selection"] = {
-                "split": None,
-                "step": self.step,
-                "note": "no labels: last step",
-            }
+            selection["note"] = (
+                f"no labels: selected by the label-free criterion {self.best['criterion']!r}"
+            )
+        metrics["selection"] = selection
+        LOGGER.info(
+            "%s: checkpoint of step %d selected on %s by %s = %.4g",
+            self.output_dir,
+            self.best["step"],
+            self.splits.selection_name,
+            self.best["criterion"],
+            self.best["value"],
+        )
         final_heads.to(self.device)
+        final = self.probe.measure(final_heads)
+        metrics["health"] = final.health.to_record()
+        metrics["collapsed"] = final.health.collapsed
+        metrics["label_free_criteria"] = final.criteria
+        if final.health.collapsed:
+            self._warn(f"the selected model's clusters are COLLAPSED: {final.health.reason}")
         if self.data.test is not None and self.data.test.labels is not None:
             test = evaluate_store(
-                final_heads, self.data.test, patch_size=self.backbone.patch_size, device=self.device
+                final_heads,
+                self.data.test,
+                patch_size=self.backbone.patch_size,
+                device=self.device,
+                cluster_order=eval_cluster_order(self.config),
             )
             metrics["test"] = {
                 "split": self.splits.test_name,
