@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from unim2_core.calibration import all_shifts_auto
 from unim2_core.config import load_config
-from unim2_core.trainer import train
+from unim2_core.trainer import Trainer
 
 from .cli import add_config_arguments, run_cli
 
@@ -21,11 +22,22 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(parser)
     parser.add_argument("--restart", action="store_true", help="discard a previous run's state")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="calibrate every loss shift from the cached features (as 'shift: auto' does); "
+        "the values are written to the run's config.yaml and calibration.json",
+    )
     args = parser.parse_args(argv)
 
     def body() -> int:
         config = load_config(args.config, args.overrides)
-        result = train(config, restart=args.restart, progress=not args.no_progress)
+        if args.calibrate:
+            config = all_shifts_auto(config)
+        trainer = Trainer(config, restart=args.restart, progress=not args.no_progress)
+        for note in trainer.notes:
+            print(note)
+        result = trainer.run()
         print(json.dumps(result.metrics, indent=2))
         print(f"model: {result.bundle_path}")
         return 0

@@ -102,7 +102,22 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class LossSection:
-    """CMCS loss: per-modality shifts and weights plus sampling and neighbour settings."""
+    """CMCS loss: per-modality shifts and weights plus sampling and neighbour settings.
+
+    Attributes:
+        modalities: Per modality: shifts (numbers or ``auto``, see ``unim2_core.calibration``),
+            pair weights and modality weight.
+        points: P; P x P points are sampled per image.
+        random_pairs: Random batch permutations per step.
+        pointwise: Centre the feature correlation per anchor point.
+        zero_clamp: Clamp the code correlation at 0.
+        knn_neighbours: The kNN partner is drawn among this many nearest views.
+        knn_keep: Nearest views kept per view (cut to the candidates on small data).
+        knn_candidates: ``other_frames`` (views of other frames only) or ``all_views`` (the
+            frame's own other crops too); see ``unim2_core.knn``.
+        calibration_batches: Batches (of ``train.batch_size``) whose feature similarities
+            place the ``auto`` shifts.
+    """
 
     modalities: dict[str, ModalityLossConfig]
     points: int = 11
@@ -111,6 +126,8 @@ class LossSection:
     zero_clamp: bool = True
     knn_neighbours: int = 7
     knn_keep: int = 30
+    knn_candidates: Literal["other_frames", "all_views"] = "other_frames"
+    calibration_batches: int = 16
 
 
 @dataclass(frozen=True)
@@ -198,6 +215,7 @@ class TrainConfig:
             ("loss.points", self.loss.points),
             ("loss.knn_neighbours", self.loss.knn_neighbours),
             ("loss.knn_keep", self.loss.knn_keep),
+            ("loss.calibration_batches", self.loss.calibration_batches),
         ):
             if value < 1:
                 raise ConfigError(f"config key {key!r} must be >= 1, got {value}")

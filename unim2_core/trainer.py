@@ -29,6 +29,8 @@ from tqdm import tqdm
 
 from unim2_core.atomic import atomic_output, atomic_write_text
 from unim2_core.backbone import Backbone, load_backbone
+from unim2_core.batches import batch_indices
+from unim2_core.calibration import Calibration, calibrate, needs_calibration
 from unim2_core.checkpoint import Bundle, ClassMapping, save_bundle
 from unim2_core.config import TrainConfig, config_to_dict
 from unim2_core.datasets import DatasetInfo, FrameGroup, open_dataset
@@ -44,6 +46,7 @@ from unim2_core.segmenter import clusters_from_similarity, resolve_device
 from unim2_core.tracking import Tracker, numeric_metrics, open_tracker
 
 STATE_FILE = "state.pt"
+CALIBRATION_FILE = "calibration.json"
 BUNDLE_FILE = "model.unim2.pt"
 LOG_EVERY = 10
 
@@ -180,17 +183,6 @@ def prepare_caches(
     if splits.test is not None and splits.test is not splits.selection:
         test = extract(splits.test, split_name="test", spec=eval_view(config))
     return SplitStores(train=train, selection=selection, test=test)
-
-
-def batch_indices(step: int, *, n_views: int, batch_size: int, seed: int) -> np.ndarray:
-    """The anchor views of ``step``: consecutive slices of per-epoch seeded permutations."""
-    start = step * batch_size
-    out: list[int] = []
-    while len(out) < batch_size:
-        epoch, offset = divmod(start + len(out), n_views)
-        perm = np.random.default_rng([seed, epoch]).permutation(n_views)
-        out.extend(perm[offset : offset + batch_size - len(out)].tolist())
-    return np.asarray(out, dtype=np.int64)
 
 
 def build_heads(
@@ -348,7 +340,26 @@ class Trainer:
         )
         if self.data.train.n_views < 2:
             raise DataError("training needs at least 2 views")
-        self.neighbours = cached_neighbours(self.data.train, keep=config.loss.knn_keep)
+        self.neighbour_plan = cached_neighbours(
+            self.data.train,
+            keep=config.loss.knn_keep,
+            draw=config.loss.knn_neighbours,
+            candidates=config.loss.knn_candidates,
+        )
+        self.neighbours = self.neighbour_plan.table
+        self.notes = [self.neighbour_plan.describe()]
+        self.calibration: Calibration | None = None
+        if needs_calibration(config):
+            self.calibration = calibrate(
+                config, self.data.train, self.neighbour_plan, device=self.device
+            )
+            config = self.config = self.calibration.config
+            self.plain_config = config_to_dict(config)
+            atomic_write_text(
+                self.output_dir / CALIBRATION_FILE,
+                json.dumps(self.calibration.to_dict(), indent=2) + "\n",
+            )
+            self.notes.append(self.calibration.describe())
         self.labelled = self.data.selection.labels is not None
         self.loss_config = LossConfig(
             modalities=config.loss.modalities,
@@ -441,7 +452,7 @@ class Trainer:
             seed=config.train.seed,
         )
         ranks = torch.randint(
-            config.loss.knn_neighbours,
+            self.neighbour_plan.draw,
             (len(anchors),),
             generator=self.generator,
         ).numpy()
@@ -522,6 +533,8 @@ class Trainer:
             disable=not self.progress,
             dynamic_ncols=True,
         )
+        if self.step == 0:
+            self._log({"step": 0, "kind": "setup", **self._setup_record()})
         started = time.perf_counter()
         tracker = open_tracker(config.logging, self.output_dir, self.plain_config)
         try:
@@ -530,6 +543,13 @@ class Trainer:
         finally:
             tracker.close()
         return self._finish(time.perf_counter() - started)
+
+    def _setup_record(self) -> dict[str, Any]:
+        """What the run chose from its data: the kNN plan and calibrated shifts, if any."""
+        record: dict[str, Any] = {"knn": self.neighbour_plan.summary()}
+        if self.calibration is not None:
+            record["calibration"] = self.calibration.to_dict()
+        return record
 
     def _loop(self, bar: tqdm[Any], tracker: Tracker) -> None:
         """Steps to ``train.steps``: log, validate, checkpoint and call the hooks on schedule."""
@@ -561,6 +581,7 @@ class Trainer:
         metrics: dict[str, Any] = {
             "steps": self.step,
             "train_seconds_this_session": round(seconds, 2),
+            **self._setup_record(),
         }
         mapping = None
         if self.best is not None:
@@ -615,6 +636,30 @@ class Trainer:
 
 def _plain_floats(values: np.ndarray) -> list[float | None]:
     return [None if math.isnan(v) else float(v) for v in values.tolist()]
+
+
+def calibrate_run(config: TrainConfig, *, progress: bool = True) -> Calibration:
+    """Calibrate the config's ``auto`` shifts without training (``unim2_calibrate``).
+
+    Extracts (or reuses) the run's feature caches and kNN table exactly as training would, so
+    ``unim2_train`` with the same config finds them ready and places the same shifts.
+    """
+    device = resolve_device(config.train.device)
+    backbone = load_backbone(
+        config.backbone.name, config.backbone.weights, feature_layer=config.backbone.feature_layer
+    ).to(device)
+    cache_root = Path(config.cache_dir) if config.cache_dir else Path(config.output_dir) / "cache"
+    splits = open_splits(config)
+    stores = prepare_caches(
+        config, splits, backbone, device=device, cache_root=cache_root, progress=progress
+    )
+    plan = cached_neighbours(
+        stores.train,
+        keep=config.loss.knn_keep,
+        draw=config.loss.knn_neighbours,
+        candidates=config.loss.knn_candidates,
+    )
+    return calibrate(config, stores.train, plan, device=device)
 
 
 def train(config: TrainConfig, *, restart: bool = False, progress: bool = True) -> TrainResult:
