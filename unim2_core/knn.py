@@ -7,12 +7,13 @@ uniformly from the first ``neighbours`` of them.
 Candidates (``loss.knn_candidates``):
 
 - ``other_frames`` (default): only views of *other* frames. The five crops of one frame share
-  their scene and overlap (the centre crop covers a quarter of each corner crop), so by pooled
-  descriptors they are each other's nearest views: on the 10 NYU sample frames 4 of an anchor's
-  7 nearest views are its own frame's other crops for most anchors (BENCHMARKS.md). With the
-  NYU training set's thousands of frames that is a small share of the 30 kept, but a robot
-  recording of ~20 frames would turn most kNN pairs into shifted self pairs. Excluding the
-  anchor's frame keeps the kNN pair what it is meant to be: another image of similar content.
+  their scene and overlap (the centre crop covers a quarter of each corner crop), so a kNN pair
+  of two crops of one frame is partly the anchor paired with a shifted copy of itself, which
+  the self pair already covers. On diverse frames this is rare (on the 10 NYU sample frames
+  17 % of the 7 nearest views are crops of the anchor's own frame, ``benchmarks/
+  shift_quantiles.py``), but nothing bounds it on a short recording of one place, and a small
+  data set is exactly where every kNN pair counts. Excluding the anchor's frame keeps the kNN
+  pair what it is meant to be: another image of similar content.
 - ``all_views``: every other view, crops of the same frame included (the reference's choice).
 
 Small data: a view has ``V - views_per_frame`` candidates (other frames) or ``V - 1`` (all

@@ -35,6 +35,9 @@ class PairValues(NamedTuple):
 
 AUTO = "auto"
 """Shift value that asks for calibration from the cached features (``unim2_core.calibration``)."""
+_UNCALIBRATED = float("nan")
+# The one NaN object standing for an ``auto`` shift: tuples compare items by identity first, so
+# two configs with the same ``auto`` pairs compare equal (two distinct NaNs never would).
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,8 @@ class ModalityLossConfig:
 
     def all_auto(self) -> ModalityLossConfig:
         """This config with every shift ``auto`` (``unim2_train --calibrate``)."""
-        nan = float("nan")
-        return dataclasses.replace(self, shift=PairValues(nan, nan, nan), auto=PAIRS)
+        unset = _UNCALIBRATED
+        return dataclasses.replace(self, shift=PairValues(unset, unset, unset), auto=PAIRS)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object], *, where: str) -> ModalityLossConfig:
@@ -133,7 +136,7 @@ def _pair_values(value: object, *, where: str, allow_auto: bool = False) -> Pair
     numbers = {}
     for pair in PAIRS:
         if allow_auto and value[pair] == AUTO:
-            numbers[pair] = float("nan")
+            numbers[pair] = _UNCALIBRATED
         elif allow_auto and isinstance(value[pair], str):
             raise ConfigError(f"{where}.{pair} must be a number or 'auto', got {value[pair]!r}")
         else:
