@@ -20,12 +20,15 @@ trainer learns (what the node uses) and with spherical k-means fitted on the tra
 the training views (``+km`` rows: the same clustering the k-means baseline gets, so the two
 differ only in the features clustered). A variant "collapses" when its largest cluster holds
 more than 60 % of the pixels. Mean and spread (sample standard deviation) over the seeds, and
-every seed's value, are printed as a markdown table.
+every seed's value, are printed as a markdown table. Each seed's figures are saved as
+``<workdir>/<data>/seed<N>.json`` and reused while the config is the same, so seeds can run in
+separate processes and a last run with every seed prints the whole table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import time
@@ -352,7 +355,12 @@ def main(argv: list[str] | None = None) -> int:
         raw = apply_overrides(raw, args.overrides)
         per_seed = []
         for seed in args.seeds:
-            per_seed.append(run_seed(raw, seed, workdir))
+            saved = workdir / f"seed{seed}.json"
+            if saved.is_file() and json.loads(saved.read_text())["config"] == raw:
+                per_seed.append(json.loads(saved.read_text())["rows"])
+            else:
+                per_seed.append(run_seed(raw, seed, workdir))
+                saved.write_text(json.dumps({"config": raw, "rows": per_seed[-1]}, indent=1))
             print(f"{name} seed {seed}: {per_seed[-1]}", flush=True)
         print(format_table(name, per_seed), flush=True)
     return 0
