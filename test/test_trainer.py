@@ -248,3 +248,17 @@ def test_holdout_split_is_seeded_disjoint_and_non_empty() -> None:
     assert len(held) == 2 and not set(kept) & set(held) and sorted(kept + held) == list(range(20))
     assert holdout_split(20, 0.1, seed=0) == (kept, held)
     assert holdout_split(3, 0.01, seed=0)[1] and holdout_split(3, 0.99, seed=0)[0]
+
+
+def test_kmeans_cluster_fit_sets_unit_centroids_from_the_codes(
+    data_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    fitted = train(
+        _config(data_root, tmp_path / "km", cache_dir, model={"cluster_fit": "kmeans"}),
+        progress=False,
+    )
+    learned = train(_config(data_root, tmp_path / "probe", cache_dir), progress=False)
+    centroids = load_bundle(fitted.bundle_path).heads_state["cluster_probe.centroids"]
+    probe = load_bundle(learned.bundle_path).heads_state["cluster_probe.centroids"]
+    torch.testing.assert_close(centroids.norm(dim=1), torch.ones(len(centroids)))
+    assert not torch.allclose(probe.norm(dim=1), torch.ones(len(probe)), atol=1e-3)

@@ -88,7 +88,13 @@ class CropSection:
 
 @dataclass(frozen=True)
 class ModelSection:
-    """Heads options (see ``model.HeadsConfig``); ``n_clusters`` None = number of classes."""
+    """Heads options (see ``model.HeadsConfig``); ``n_clusters`` None = number of classes.
+
+    ``cluster_fit``: ``probe`` keeps the centroids the cluster probe learns by gradient steps
+    alongside the heads (the reference); ``kmeans`` replaces them, at every validation and at
+    the end, by spherical k-means on the codes of training pixels (the clustering the k-means
+    baseline gets, so short runs are not limited by a half-trained probe).
+    """
 
     code_dim: int = 70
     n_clusters: int | None = None
@@ -98,6 +104,7 @@ class ModelSection:
     msn_residual: bool = False
     dropout: float = 0.1
     linear_probe: bool = True
+    cluster_fit: Literal["probe", "kmeans"] = "probe"
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from unim2_core.config import TrainConfig, config_to_dict
 from unim2_core.datasets import DatasetInfo, FrameGroup, open_dataset
 from unim2_core.errors import ConfigError, DataError, TrainingError
 from unim2_core.feature_cache import FeatureStore, ViewSpec, extract_features
+from unim2_core.kmeans import spherical_kmeans
 from unim2_core.knn import cached_neighbours
 from unim2_core.loss import LossConfig, cmcs_loss
 from unim2_core.metrics import ConfusionMatrix, SegmentationScores, score
@@ -49,6 +50,7 @@ STATE_FILE = "state.pt"
 CALIBRATION_FILE = "calibration.json"
 BUNDLE_FILE = "model.unim2.pt"
 LOG_EVERY = 10
+CLUSTER_FIT_PIXELS = 100_000
 
 
 class FrameSubset:
@@ -495,7 +497,37 @@ class Trainer:
         record.update({f"loss/{k}": v.item() for k, v in terms.terms.items()})
         return record
 
+    @torch.no_grad()
+    def _fit_clusters(self, heads: UniM2Heads) -> None:
+        """Set the cluster centroids by spherical k-means on codes of training pixels.
+
+        Up to ``CLUSTER_FIT_PIXELS`` pixels, spread evenly over the training views and drawn
+        with a generator seeded by ``train.seed`` and the step (the training generator is not
+        touched, so this does not change the run's other random choices).
+        """
+        store = self.data.train
+        height, width = store.feature_size
+        per_view = min(height * width, math.ceil(CLUSTER_FIT_PIXELS / store.n_views))
+        generator = torch.Generator().manual_seed(self.config.train.seed * 1_000_003 + self.step)
+        was_training = heads.training
+        heads.eval()
+        parts = []
+        for start in range(0, store.n_views, 32):
+            idx = np.arange(start, min(start + 32, store.n_views))
+            code = heads(store.load(idx, self.device)).flatten(2)  # [B, D, h*w]
+            keys = torch.rand(len(idx), height * width, generator=generator)
+            picks = keys.argsort(dim=1)[:, :per_view].to(self.device)  # [B, S]
+            code = code.gather(2, picks[:, None].expand(-1, code.shape[1], -1))
+            parts.append(code.transpose(1, 2).reshape(-1, code.shape[1]))  # [B*S, D]
+        heads.train(was_training)
+        centroids = spherical_kmeans(
+            torch.cat(parts), heads.config.n_clusters, seed=self.config.train.seed
+        )
+        heads.cluster_probe.centroids.copy_(centroids)
+
     def _validate(self) -> dict[str, Any]:
+        if self.config.model.cluster_fit == "kmeans":
+            self._fit_clusters(self.heads)
         evaluation = evaluate_store(
             self.heads, self.data.selection, patch_size=self.backbone.patch_size, device=self.device
         )
@@ -600,6 +632,9 @@ class Trainer:
             )
         else:
             final_heads.load_state_dict(self.heads.state_dict())
+            final_heads.to(self.device)
+            if self.config.model.cluster_fit == "kmeans":
+                self._fit_clusters(final_heads)
             metrics["selection"] = {
                 "split": None,
                 "step": self.step,
