@@ -74,6 +74,7 @@ setup(
             "unim2_record = unim2_ros.bag_record:main",
             "unim2_import_bag = unim2_ros.bag_import:main",
             "unim2_train = unim2_train.train:main",
+            "unim2_calibrate = unim2_train.calibrate:main",
             "unim2_eval = unim2_train.evaluate:main",
             "unim2_search = unim2_train.search:main",
             "unim2_extract = unim2_train.extract_features:main",

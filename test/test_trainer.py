@@ -445,3 +445,17 @@ def test_a_collapsed_model_is_flagged_in_the_log_and_metrics(
     assert "clusters COLLAPSED" in caplog.text and "100% of the pixels" in caplog.text
     warnings = [r for r in _log_records(tmp_path / "run") if r["kind"] == "warning"]
     assert len(warnings) == 1 and "COLLAPSED" in str(warnings[0]["message"])
+
+
+def test_kmeans_cluster_fit_sets_unit_centroids_from_the_codes(
+    data_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    fitted = train(
+        _config(data_root, tmp_path / "km", cache_dir, model={"cluster_fit": "kmeans"}),
+        progress=False,
+    )
+    learned = train(_config(data_root, tmp_path / "probe", cache_dir), progress=False)
+    centroids = load_bundle(fitted.bundle_path).heads_state["cluster_probe.centroids"]
+    probe = load_bundle(learned.bundle_path).heads_state["cluster_probe.centroids"]
+    torch.testing.assert_close(centroids.norm(dim=1), torch.ones(len(centroids)))
+    assert not torch.allclose(probe.norm(dim=1), torch.ones(len(probe)), atol=1e-3)

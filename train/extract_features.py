@@ -59,7 +59,13 @@ def main(argv: list[str] | None = None) -> int:
                 progress=not args.no_progress,
             )
             if context.rank == 0:
-                cached_neighbours(stores.train, keep=config.loss.knn_keep)
+                plan = cached_neighbours(
+                    stores.train,
+                    keep=config.loss.knn_keep,
+                    draw=config.loss.knn_neighbours,
+                    candidates=config.loss.knn_candidates,
+                )
+                print(plan.describe())
                 for store in (stores.train, stores.selection, stores.test):
                     if store is not None:
                         print(f"{store.path}: {store.n_views} views")

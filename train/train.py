@@ -14,6 +14,7 @@ from unim2_core.cli import (
     config_overrides,
     run_cli,
 )
+from unim2_core.training.calibration import all_shifts_auto
 from unim2_core.training.config import load_config
 from unim2_core.training.trainer import Trainer
 
@@ -33,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     add_restart_argument(parser, "discard a previous run's state and start from step 0")
     add_device_argument(parser)
     add_progress_argument(parser)
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="calibrate every loss shift from the cached features (as 'shift: auto' does); "
+        "the values are written to the run's config.yaml and calibration.json",
+    )
     args = parser.parse_args(argv)
 
     def body() -> int:
@@ -40,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is not None:
             overrides.append(f"output_dir={args.out}")
         config = load_config(args.config, overrides)
+        if args.calibrate:
+            config = all_shifts_auto(config)
         trainer = Trainer(config, restart=args.restart, progress=not args.no_progress)
         if trainer.resumed_step:
             print(
@@ -47,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"({trainer.state_path}; --restart starts over)",
                 file=sys.stderr,
             )
+        for note in trainer.notes:
+            print(note)
         result = trainer.run()
         print(json.dumps(result.metrics, indent=2))
         print(f"model: {result.bundle_path}")

@@ -90,7 +90,13 @@ class CropSection:
 
 @dataclass(frozen=True)
 class ModelSection:
-    """Heads options (see ``model.HeadsConfig``); ``n_clusters`` None = number of classes."""
+    """Heads options (see ``model.HeadsConfig``); ``n_clusters`` None = number of classes.
+
+    ``cluster_fit``: ``probe`` keeps the centroids the cluster probe learns by gradient steps
+    alongside the heads (the reference); ``kmeans`` replaces them, at every validation and at
+    the end, by spherical k-means on the codes of training pixels (the clustering the k-means
+    baseline gets, so short runs are not limited by a half-trained probe).
+    """
 
     code_dim: int = 70
     n_clusters: int | None = None
@@ -100,11 +106,27 @@ class ModelSection:
     msn_residual: bool = False
     dropout: float = 0.1
     linear_probe: bool = True
+    cluster_fit: Literal["probe", "kmeans"] = "probe"
 
 
 @dataclass(frozen=True)
 class LossSection:
-    """CMCS loss: per-modality shifts and weights plus sampling and neighbour settings."""
+    """CMCS loss: per-modality shifts and weights plus sampling and neighbour settings.
+
+    Attributes:
+        modalities: Per modality: shifts (numbers or ``auto``, see
+            ``unim2_core.training.calibration``), pair weights and modality weight.
+        points: P; P x P points are sampled per image.
+        random_pairs: Random batch permutations per step.
+        pointwise: Centre the feature correlation per anchor point.
+        zero_clamp: Clamp the code correlation at 0.
+        knn_neighbours: The kNN partner is drawn among this many nearest views.
+        knn_keep: Nearest views kept per view (cut to the candidates on small data).
+        knn_candidates: ``other_frames`` (views of other frames only) or ``all_views`` (the
+            frame's own other crops too); see ``unim2_core.training.knn``.
+        calibration_batches: Batches (of ``train.batch_size``) whose feature similarities
+            place the ``auto`` shifts.
+    """
 
     modalities: dict[str, ModalityLossConfig]
     points: int = 11
@@ -113,6 +135,8 @@ class LossSection:
     zero_clamp: bool = True
     knn_neighbours: int = 7
     knn_keep: int = 30
+    knn_candidates: Literal["other_frames", "all_views"] = "other_frames"
+    calibration_batches: int = 16
 
 
 @dataclass(frozen=True)
@@ -207,6 +231,7 @@ class TrainConfig:
             ("loss.points", self.loss.points),
             ("loss.knn_neighbours", self.loss.knn_neighbours),
             ("loss.knn_keep", self.loss.knn_keep),
+            ("loss.calibration_batches", self.loss.calibration_batches),
         ):
             if value < 1:
                 raise ConfigError(f"config key {key!r} must be >= 1, got {value}")

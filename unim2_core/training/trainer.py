@@ -47,8 +47,11 @@ from unim2_core.runtime.segmenter import (
     clusters_from_similarity,
 )
 from unim2_core.torch_files import load_torch_file
+from unim2_core.training.batches import batch_indices
+from unim2_core.training.calibration import Calibration, calibrate, needs_calibration
 from unim2_core.training.config import TrainConfig, config_to_dict
 from unim2_core.training.feature_cache import FeatureStore, ViewSpec, extract_features
+from unim2_core.training.kmeans import spherical_kmeans
 from unim2_core.training.knn import cached_neighbours
 from unim2_core.training.label_free import SelectionProbe, better
 from unim2_core.training.tracking import Tracker, numeric_metrics, open_tracker
@@ -68,8 +71,10 @@ refuses the resume, naming the key."""
 
 LOGGER = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
+CALIBRATION_FILE = "calibration.json"
 BUNDLE_FILE = "model.unim2.pt"
 LOG_EVERY = 10
+CLUSTER_FIT_PIXELS = 100_000
 
 
 class FrameSubset:
@@ -216,17 +221,6 @@ def prepare_caches(
     if splits.test is not None and splits.test is not splits.selection:
         test = extract(splits.test, split_name="test", spec=eval_view(config))
     return SplitStores(train=train, selection=selection, test=test)
-
-
-def batch_indices(step: int, *, n_views: int, batch_size: int, seed: int) -> np.ndarray:
-    """The anchor views of ``step``: consecutive slices of per-epoch seeded permutations."""
-    start = step * batch_size
-    out: list[int] = []
-    while len(out) < batch_size:
-        epoch, offset = divmod(start + len(out), n_views)
-        perm = np.random.default_rng([seed, epoch]).permutation(n_views)
-        out.extend(perm[offset : offset + batch_size - len(out)].tolist())
-    return np.asarray(out, dtype=np.int64)
 
 
 def build_heads(
@@ -391,7 +385,26 @@ class Trainer:
         )
         if self.data.train.n_views < 2:
             raise DataError("training needs at least 2 views")
-        self.neighbours = cached_neighbours(self.data.train, keep=config.loss.knn_keep)
+        self.neighbour_plan = cached_neighbours(
+            self.data.train,
+            keep=config.loss.knn_keep,
+            draw=config.loss.knn_neighbours,
+            candidates=config.loss.knn_candidates,
+        )
+        self.neighbours = self.neighbour_plan.table
+        self.notes = [self.neighbour_plan.describe()]
+        self.calibration: Calibration | None = None
+        if needs_calibration(config):
+            self.calibration = calibrate(
+                config, self.data.train, self.neighbour_plan, device=self.device
+            )
+            config = self.config = self.calibration.config
+            self.plain_config = config_to_dict(config)
+            atomic_write_text(
+                self.output_dir / CALIBRATION_FILE,
+                json.dumps(self.calibration.to_dict(), indent=2) + "\n",
+            )
+            self.notes.append(self.calibration.describe())
         self.labelled = self.data.selection.labels is not None
         self.loss_config = LossConfig(
             modalities=config.loss.modalities,
@@ -523,7 +536,7 @@ class Trainer:
             seed=config.train.seed,
         )
         ranks = torch.randint(
-            config.loss.knn_neighbours,
+            self.neighbour_plan.draw,
             (len(anchors),),
             generator=self.generator,
         ).numpy()
@@ -567,12 +580,42 @@ class Trainer:
         record.update({f"loss/{k}": v.item() for k, v in terms.terms.items()})
         return record
 
+    @torch.no_grad()
+    def _fit_clusters(self, heads: UniM2Heads) -> None:
+        """Set the cluster centroids by spherical k-means on codes of training pixels.
+
+        Up to ``CLUSTER_FIT_PIXELS`` pixels, spread evenly over the training views and drawn
+        with a generator seeded by ``train.seed`` and the step (the training generator is not
+        touched, so this does not change the run's other random choices).
+        """
+        store = self.data.train
+        height, width = store.feature_size
+        per_view = min(height * width, math.ceil(CLUSTER_FIT_PIXELS / store.n_views))
+        generator = torch.Generator().manual_seed(self.config.train.seed * 1_000_003 + self.step)
+        was_training = heads.training
+        heads.eval()
+        parts = []
+        for start in range(0, store.n_views, 32):
+            idx = np.arange(start, min(start + 32, store.n_views))
+            code = heads(store.load(idx, self.device)).flatten(2)  # [B, D, h*w]
+            keys = torch.rand(len(idx), height * width, generator=generator)
+            picks = keys.argsort(dim=1)[:, :per_view].to(self.device)  # [B, S]
+            code = code.gather(2, picks[:, None].expand(-1, code.shape[1], -1))
+            parts.append(code.transpose(1, 2).reshape(-1, code.shape[1]))  # [B*S, D]
+        heads.train(was_training)
+        centroids = spherical_kmeans(
+            torch.cat(parts), heads.config.n_clusters, seed=self.config.train.seed
+        )
+        heads.cluster_probe.centroids.copy_(centroids)
+
     def _validate(self) -> dict[str, Any]:
         """Measure health and label-free criteria (and mIoU when labelled); keep the best.
 
         With labels the best checkpoint is the one of highest mIoU; without, the one of best
         ``train.label_free_criterion``, a collapsed checkpoint never beating a healthy one.
         """
+        if self.config.model.cluster_fit == "kmeans":
+            self._fit_clusters(self.heads)
         measured = self.probe.measure(self.heads)
         health = measured.health.to_record()
         record: dict[str, Any] = {"step": self.step, "split": self.splits.selection_name}
@@ -641,6 +684,8 @@ class Trainer:
             disable=not self.progress,
             dynamic_ncols=True,
         )
+        if self.step == 0:
+            self._log({"step": 0, "kind": "setup", **self._setup_record()})
         started = time.perf_counter()
         tracker = open_tracker(config.logging, self.output_dir, self.plain_config)
         try:
@@ -649,6 +694,13 @@ class Trainer:
         finally:
             tracker.close()
         return self._finish(time.perf_counter() - started)
+
+    def _setup_record(self) -> dict[str, Any]:
+        """What the run chose from its data: the kNN plan and calibrated shifts, if any."""
+        record: dict[str, Any] = {"knn": self.neighbour_plan.summary()}
+        if self.calibration is not None:
+            record["calibration"] = self.calibration.to_dict()
+        return record
 
     def _loop(self, bar: tqdm[Any], tracker: Tracker, stop: _StopRequests) -> None:
         """Steps to ``train.steps``: log, validate, checkpoint and call the hooks on schedule.
@@ -692,6 +744,7 @@ class Trainer:
         metrics: dict[str, Any] = {
             "steps": self.step,
             "train_seconds_this_session": round(seconds, 2),
+            **self._setup_record(),
         }
         mapping = None
         assert self.best is not None  # the last step always validates
@@ -818,6 +871,30 @@ def _shown(value: Any) -> str:
 
 def _plain_floats(values: np.ndarray) -> list[float | None]:
     return [None if math.isnan(v) else float(v) for v in values.tolist()]
+
+
+def calibrate_run(config: TrainConfig, *, progress: bool = True) -> Calibration:
+    """Calibrate the config's ``auto`` shifts without training (``unim2_calibrate``).
+
+    Extracts (or reuses) the run's feature caches and kNN table exactly as training would, so
+    ``unim2_train`` with the same config finds them ready and places the same shifts.
+    """
+    device = resolve_device(config.train.device)
+    backbone = load_backbone(
+        config.backbone.name, config.backbone.weights, feature_layer=config.backbone.feature_layer
+    ).to(device)
+    cache_root = Path(config.cache_dir) if config.cache_dir else Path(config.output_dir) / "cache"
+    splits = open_splits(config)
+    stores = prepare_caches(
+        config, splits, backbone, device=device, cache_root=cache_root, progress=progress
+    )
+    plan = cached_neighbours(
+        stores.train,
+        keep=config.loss.knn_keep,
+        draw=config.loss.knn_neighbours,
+        candidates=config.loss.knn_candidates,
+    )
+    return calibrate(config, stores.train, plan, device=device)
 
 
 def train(config: TrainConfig, *, restart: bool = False, progress: bool = True) -> TrainResult:
