@@ -126,6 +126,7 @@ def test_hha_refuses_a_frame_without_valid_depth() -> None:
 def _nyu(sample: Path, stem: str) -> tuple[np.ndarray, np.ndarray]:
     depth = cv2.imread(str(sample / "depth_mm" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
     bgr = cv2.imread(str(sample / "hha" / f"{stem}.png"), cv2.IMREAD_COLOR)
+    assert depth is not None and bgr is not None
     return depth, bgr[..., ::-1].astype(np.float32)
 
 
