@@ -84,18 +84,56 @@ _CM_PER_M = 100.0
 _DOWN = np.array([0.0, 1.0, 0.0])
 
 
-def back_project(depth_m: np.ndarray, intrinsics: CameraIntrinsics) -> np.ndarray:
-    """Points of every pixel in the camera frame, float32 [H, W, 3] in metres."""
+def _plane_normals(
+    depth_m: np.ndarray, valid: np.ndarray, intrinsics: CameraIntrinsics, radius: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unnormalised window plane normals (x, y, z components), facing away from the camera.
+
+    See ``surface_normals``; the components come separately so the angle channel can take its
+    cosine without building the [H, W, 3] array.
+    """
+    offsets = np.arange(-radius, radius + 1, dtype=np.float32)
+    ones = np.ones(2 * radius + 1, dtype=np.float32)
+    mask = valid.astype(np.float32)
+    inverse = np.zeros_like(depth_m)
+    np.divide(np.float32(1.0), depth_m, out=inverse, where=valid)
+    pair = cv2.merge([mask, inverse])  # [H, W, 2]: both sums of one kernel in one pass
+
+    def window_sum(image: np.ndarray, kernel_x: np.ndarray, kernel_y: np.ndarray) -> np.ndarray:
+        out: np.ndarray = cv2.sepFilter2D(
+            image, cv2.CV_32F, kernel_x, kernel_y, borderType=cv2.BORDER_CONSTANT
+        )
+        return out
+
+    sums = window_sum(pair, ones, ones)  # (count, sum 1/z)
+    sums_u = window_sum(pair, offsets, ones)  # (sum du, sum du / z)
+    sums_v = window_sum(pair, ones, offsets)
+    sum_uu = window_sum(mask, offsets * offsets, ones)
+    sum_vv = window_sum(mask, ones, offsets * offsets)
+    per_pixel = np.float32(1.0) / np.maximum(sums[..., 0], np.float32(1e-6))
+    mean_w = sums[..., 1] * per_pixel
+    tiny = np.float32(1e-6)
+
+    def slope(sums_d: np.ndarray, sum_dd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Least-squares d(1/z)/d(pixel offset) along one axis, and the window's mean offset."""
+        mean_d = sums_d[..., 0] * per_pixel
+        variance = sum_dd * per_pixel
+        variance -= mean_d * mean_d
+        covariance = sums_d[..., 1] * per_pixel
+        covariance -= mean_d * mean_w
+        covariance /= np.maximum(variance, tiny)
+        return covariance, mean_d
+
+    slope_u, mean_u = slope(sums_u, sum_uu)
+    slope_v, mean_v = slope(sums_v, sum_vv)
     height, width = depth_m.shape
-    u = (np.arange(width, dtype=np.float32) - np.float32(intrinsics.cx)) / np.float32(intrinsics.fx)
-    v = (np.arange(height, dtype=np.float32) - np.float32(intrinsics.cy)) / np.float32(
-        intrinsics.fy
-    )
-    points = np.empty((height, width, 3), dtype=np.float32)
-    np.multiply(depth_m, u[None, :], out=points[..., 0])
-    np.multiply(depth_m, v[:, None], out=points[..., 1])
-    points[..., 2] = depth_m
-    return points
+    # 1/z = n . r with r = (x', y', 1): n = (d/dx', d/dy', 1/z - n_x x' - n_y y') at the centroid
+    normal_x = slope_u * np.float32(intrinsics.fx)
+    normal_y = slope_v * np.float32(intrinsics.fy)
+    centre_x = (np.arange(width, dtype=np.float32) - np.float32(intrinsics.cx))[None, :]
+    centre_y = (np.arange(height, dtype=np.float32) - np.float32(intrinsics.cy))[:, None]
+    normal_z = mean_w - slope_u * (mean_u + centre_x) - slope_v * (mean_v + centre_y)
+    return normal_x, normal_y, normal_z
 
 
 def surface_normals(
@@ -113,41 +151,8 @@ def surface_normals(
 
     Normals are NaN at invalid pixels.
     """
-    size = 2 * radius + 1
-    offsets = np.arange(-radius, radius + 1, dtype=np.float32)
-    ones = np.ones(size, dtype=np.float32)
-    mask = valid.astype(np.float32)
-    inverse = np.divide(np.float32(1.0), depth_m, out=np.zeros_like(depth_m), where=valid)
-
-    def window_sum(image: np.ndarray, kernel_x: np.ndarray, kernel_y: np.ndarray) -> np.ndarray:
-        out: np.ndarray = cv2.sepFilter2D(
-            image, cv2.CV_32F, kernel_x, kernel_y, borderType=cv2.BORDER_CONSTANT
-        )
-        return out
-
-    count = np.maximum(window_sum(mask, ones, ones), np.float32(1e-6))
-    sum_w = window_sum(inverse, ones, ones)
-    mean_u = window_sum(mask, offsets, ones) / count
-    mean_v = window_sum(mask, ones, offsets) / count
-    mean_w = sum_w / count
-    var_u = window_sum(mask, offsets * offsets, ones) / count - mean_u * mean_u
-    var_v = window_sum(mask, ones, offsets * offsets) / count - mean_v * mean_v
-    cov_wu = window_sum(inverse, offsets, ones) / count - mean_u * mean_w
-    cov_wv = window_sum(inverse, ones, offsets) / count - mean_v * mean_w
-    tiny = np.float32(1e-6)
-    slope_x = cov_wu / np.maximum(var_u, tiny) * np.float32(intrinsics.fx)  # d(1/z) / dx'
-    slope_y = cov_wv / np.maximum(var_v, tiny) * np.float32(intrinsics.fy)  # d(1/z) / dy'
-    height, width = depth_m.shape
-    ray_x = (np.arange(width, dtype=np.float32)[None, :] + mean_u - np.float32(intrinsics.cx)) / (
-        np.float32(intrinsics.fx)
-    )
-    ray_y = (np.arange(height, dtype=np.float32)[:, None] + mean_v - np.float32(intrinsics.cy)) / (
-        np.float32(intrinsics.fy)
-    )
-    normals = np.empty((height, width, 3), dtype=np.float32)
-    normals[..., 0] = slope_x
-    normals[..., 1] = slope_y
-    normals[..., 2] = mean_w - slope_x * ray_x - slope_y * ray_y
+    normal_x, normal_y, normal_z = _plane_normals(depth_m, valid, intrinsics, radius)
+    normals = np.stack([normal_x, normal_y, normal_z], axis=-1)
     length = np.sqrt(np.einsum("hwc,hwc->hw", normals, normals))
     normals /= -np.maximum(length, np.float32(1e-12))[..., None]  # n . p = 1 faces away
     normals[~valid] = np.nan
@@ -174,11 +179,10 @@ def estimate_gravity(
         sin_t = math.sin(math.radians(threshold_deg))
         for _ in range(iterations):
             alignment = np.abs(flat @ gravity)
-            parallel = flat[alignment > cos_t]
-            perpendicular = flat[alignment < sin_t]
-            if len(parallel) + len(perpendicular) == 0:
+            weight = (alignment < sin_t).astype(np.float64) - (alignment > cos_t)
+            if not weight.any():
                 return gravity
-            scatter = perpendicular.T @ perpendicular - parallel.T @ parallel
+            scatter = (flat * weight[:, None]).T @ flat  # sum_W n n^T - sum_F n n^T
             values, vectors = np.linalg.eigh(scatter)
             # Ties (e.g. only walls of one orientation in view) leave a plane of solutions:
             # keep the one nearest the current estimate instead of an arbitrary one.
@@ -210,7 +214,7 @@ def hha_from_depth(
     if not valid.any():
         raise EncodingError(f"{name}: depth image has no valid pixel")
     camera = intrinsics.fitted(*depth_m.shape)
-    points = back_project(depth_m, camera)
+    height, width = depth_m.shape
 
     stride = GRAVITY_STRIDE
     coarse = CameraIntrinsics(
@@ -226,24 +230,42 @@ def hha_from_depth(
     )
     gravity = estimate_gravity(gravity_normals).astype(np.float32)
 
-    hha = np.empty((*depth_m.shape, 3), dtype=np.float32)
-    np.divide(
-        np.float32(DISPARITY_SCALE_M),
-        np.maximum(depth_m, np.float32(MIN_DISPARITY_DEPTH_M)),
-        out=hha[..., 0],
-    )
+    # Channels are written as [3, H, W] planes (contiguous, fast) and transposed at the end.
+    planes = np.empty((3, height, width), dtype=np.float32)
+    np.maximum(depth_m, np.float32(MIN_DISPARITY_DEPTH_M), out=planes[0])
+    np.divide(np.float32(DISPARITY_SCALE_M), planes[0], out=planes[0])
 
-    up = -(points @ gravity)  # [H, W] metres along -gravity
+    # Height: -gravity . p with p = z r, r = ((u - cx) / fx, (v - cy) / fy, 1), in metres.
+    ray_x = (np.arange(width, dtype=np.float32) - np.float32(camera.cx)) / np.float32(camera.fx)
+    ray_y = (np.arange(height, dtype=np.float32) - np.float32(camera.cy)) / np.float32(camera.fy)
+    down_along_ray = (gravity[0] * ray_x)[None, :] + (gravity[1] * ray_y + gravity[2])[:, None]
+    up = planes[1]
+    np.multiply(depth_m, down_along_ray, out=up)
+    np.negative(up, out=up)
     lowest = float(up[valid].min())
     if lowest > -FLOOR_VISIBLE_DROP_M:
         lowest = -ASSUMED_FLOOR_DROP_M
-    hha[..., 1] = (up - np.float32(lowest)) * np.float32(_CM_PER_M)
+    up -= np.float32(lowest)
+    up *= np.float32(_CM_PER_M)
 
-    normals = surface_normals(depth_m, valid, camera, ANGLE_NORMAL_RADIUS)
-    cosine = np.clip(normals @ -gravity, -1.0, 1.0)
-    angle = np.degrees(np.arccos(cosine)) + np.float32(ANGLE_OFFSET_DEG)
-    hha[..., 2] = np.nan_to_num(angle, nan=180.0 + ANGLE_OFFSET_DEG)
+    normal_x, normal_y, normal_z = _plane_normals(depth_m, valid, camera, ANGLE_NORMAL_RADIUS)
+    # cosine with "up" (-gravity) of the normal facing the camera (-n): n . gravity / |n|
+    cosine = normal_x * gravity[0]
+    cosine += normal_y * gravity[1]
+    cosine += normal_z * gravity[2]
+    normal_x *= normal_x
+    normal_x += normal_y * normal_y
+    normal_x += normal_z * normal_z
+    length = np.sqrt(normal_x, out=normal_x)
+    degenerate = length <= 0
+    np.divide(cosine, length, out=cosine, where=~degenerate)
+    np.clip(cosine, -1.0, 1.0, out=cosine)
+    angle = np.arccos(cosine, out=planes[2])
+    angle *= np.float32(180.0 / math.pi)
+    angle += np.float32(ANGLE_OFFSET_DEG)
+    angle[degenerate] = 180.0 + ANGLE_OFFSET_DEG
 
-    np.clip(hha, 0.0, 255.0, out=hha)
-    hha[~valid] = 0.0
+    np.clip(planes, 0.0, 255.0, out=planes)
+    planes *= valid
+    hha: np.ndarray = np.ascontiguousarray(planes.transpose(1, 2, 0))  # [H, W, 3]
     return hha
