@@ -8,8 +8,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import make_bundle
 
+from unim2_core.backbone import Backbone
 from unim2_core.camera import CameraIntrinsics
+from unim2_core.checkpoint import load_bundle, save_bundle
 from unim2_core.encoding import ModalityEncoding
 from unim2_core.errors import ConfigError, EncodingError
 from unim2_core.hha import estimate_gravity, hha_from_depth, surface_normals
@@ -200,3 +203,14 @@ def test_intrinsics_are_refused_on_other_encodings_and_in_bad_form() -> None:
         ModalityEncoding.from_dict(
             {"kind": "depth_hha", "intrinsics": [0, 1, 2, 3, 4, 5]}, where="modalities.depth"
         )
+
+
+def test_checkpoint_keeps_the_depth_hha_encoding_and_its_intrinsics(
+    tmp_path: Path, imgfocus_backbone: Backbone
+) -> None:
+    encodings = {
+        "rgb": ModalityEncoding.default("rgb"),
+        "depth": ModalityEncoding.from_dict({"kind": "depth_hha", "intrinsics": NYU.to_list()}),
+    }
+    path = save_bundle(make_bundle(imgfocus_backbone, encodings), tmp_path / "hha.pt")
+    assert load_bundle(path).encodings == encodings
