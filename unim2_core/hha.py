@@ -32,11 +32,11 @@ The steps follow the published algorithm (the authors' ``saveHHA`` / ``processDe
    a valid pixel whose window determines no plane reads the published 180 degrees.
 
 Departures from the published code: pixel coordinates are 0-based (ROS ``camera_info``); the
-plane of a window is fitted in inverse depth (see ``surface_normals``: the same plane family,
-residuals weighted by 1/z instead of z, nearly constant within a window), which makes the sums
+plane of a window is fitted in inverse depth (see ``surface_normals``: the same planes, each
+residual the published one divided by z, nearly constant within a window), which makes the sums
 separable filters that float32 computes exactly; the gravity normals are fitted on every 4th
 pixel in each direction with a 5x5 window (the same 21-pixel extent); the output is float, not
-rounded to 8 bits. These keep one 640x480 frame within a few tens of milliseconds on one CPU core.
+rounded to 8 bits. These keep one 640x480 frame near 30 ms of one CPU core (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -146,8 +146,9 @@ def surface_normals(
     coordinates. So the window's least-squares plane is the least-squares fit of
     ``1 / z = a du + b dv + c`` over its valid pixels, whose sums are separable filters of the
     inverse-depth image (float32 stays exact here: the offsets are centred, no large moments
-    cancel). The published fit weighs residuals by z, nearly constant within a window; the
-    cross term of du and dv, zero in a window without holes, is neglected.
+    cancel). The published residual ``n . p - 1`` is z times this one, and z is nearly
+    constant within a window; the cross term of du and dv, zero in a window without holes, is
+    neglected.
 
     Normals are NaN at invalid pixels.
     """
