@@ -249,3 +249,29 @@ def test_points_without_a_depth_modality_stop_the_node_at_start(
             SegmentationNode(context=context, parameter_overrides=overrides)
     finally:
         context.try_shutdown()
+
+
+def test_uncalibrated_camera_info_is_counted_and_the_node_keeps_running(
+    ros_domain_id: int, checkpoints: dict[str, Path], frame: tuple[np.ndarray, np.ndarray]
+) -> None:
+    params = _params(checkpoints["rgbd"], **{"points.enabled": True})
+    with running_node(ros_domain_id, **params) as (node, probe):
+        diagnostics = probe.diagnostics()
+        info_pub = probe.node.create_publisher(
+            CameraInfo, "/depth/camera_info", qos_profile_sensor_data
+        )
+        wait_matched(info_pub)
+        key = "/depth/camera_info bad messages (invalid_values)"
+        deadline = time.monotonic() + WAIT_S
+        while not any(
+            key in {kv.key for status in msg.status for kv in status.values}
+            for msg in diagnostics.messages
+        ):
+            assert time.monotonic() < deadline, "the bad camera_info was never reported"
+            uncalibrated = CameraInfo(width=WIDTH, height=HEIGHT)
+            uncalibrated.header = probe.header()
+            info_pub.publish(uncalibrated)
+            time.sleep(0.3)
+        assert node.context.ok()
+        labels = probe.outputs("labels")
+        _until(probe, labels, _sender(probe, *frame))  # calibrated frames still segment
