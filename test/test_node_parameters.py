@@ -23,6 +23,7 @@ from unim2_ros.node_parameters import (
     modalities_spec,
     unknown_parameter_problem,
 )
+from unim2_ros.point_cloud import POINTS_PARAMETERS
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "unim2_node.yaml"
 CONFIG_NODE_KEY = "/**/unim2_node"  # any namespace
@@ -124,15 +125,15 @@ def test_encoding_parameters_default_to_the_checkpoint_constants() -> None:
 def test_config_file_sets_every_parameter_to_its_documented_default() -> None:
     document = yaml.safe_load(CONFIG.read_text())
     values = document[CONFIG_NODE_KEY]["ros__parameters"]
-    assert list(values) == [spec.name for spec in NODE_PARAMETERS]
-    for spec in NODE_PARAMETERS:
+    assert list(values) == [spec.name for spec in NODE_PARAMETERS + POINTS_PARAMETERS]
+    for spec in NODE_PARAMETERS + POINTS_PARAMETERS:
         assert values[spec.name] == spec.default, spec.name
         assert type(values[spec.name]) is type(spec.default), spec.name
 
 
 def test_config_file_comments_every_parameter() -> None:
     lines = CONFIG.read_text().splitlines()
-    for spec in NODE_PARAMETERS:
+    for spec in NODE_PARAMETERS + POINTS_PARAMETERS:
         index = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{spec.name}:"))
         assert lines[index - 1].strip().startswith("#"), spec.name
 

@@ -184,6 +184,7 @@ def encoding_parameter_names(modality: str) -> tuple[str, str]:
 
 _UNITS = {
     EncodingKind.DEPTH: "metres",
+    EncodingKind.DEPTH_HHA: "8-bit HHA units, 0-255",
     EncodingKind.AOLP: "input units of angles 0 and pi",
 }
 

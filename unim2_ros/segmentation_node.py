@@ -12,6 +12,10 @@ Topics:
 - ``~/labels`` (mono8; mono16 when there are more than 255 labels), ``~/colored`` (rgb8) and
   ``~/overlay`` (rgb8, built only while it has subscribers), QoS ``qos.output``. Every output
   carries the RGB input's header and has the input's resolution.
+- ``~/points`` (``sensor_msgs/PointCloud2``, QoS ``qos.output``), with ``points.enabled`` (or
+  a ``depth_hha`` checkpoint): x y z rgb label of the depth pixels in the camera frame, built
+  only while it has subscribers; ``<depth>/camera_info`` is then a synchronised input. See
+  :mod:`unim2_ros.point_cloud`.
 - ``~/label_info`` (``std_msgs/String``, reliable + transient local, depth 1: latched): the JSON
   document of :mod:`unim2_ros.label_info` (id -> name and colour, model identity).
 - ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``, 1 Hz): one status named
@@ -71,10 +75,11 @@ from rclpy.qos import (
     qos_profile_sensor_data,
     qos_profile_system_default,
 )
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header, String
 
-from unim2_core.data.encoding import ModalityEncoding
+from unim2_core.data.camera import CameraIntrinsics
+from unim2_core.data.encoding import EncodingKind, ModalityEncoding
 from unim2_core.device import DEVICE_HELP
 from unim2_core.errors import (
     BackboneError,
@@ -86,6 +91,7 @@ from unim2_core.errors import (
 from unim2_core.model.backbone import load_backbone
 from unim2_core.model.checkpoint import Bundle, load_bundle
 from unim2_core.runtime.latest_slot import LatestSlot
+from unim2_core.runtime.pointcloud import labelled_points
 from unim2_core.runtime.segmenter import Segmenter
 from unim2_core.runtime.sync import ApproximateTimeSynchronizer
 from unim2_core.runtime.visualize import colorize, overlay
@@ -108,6 +114,12 @@ from unim2_ros.node_parameters import (
     unknown_parameter_problem,
 )
 from unim2_ros.pipeline_monitor import PipelineMonitor
+from unim2_ros.point_cloud import (
+    POINTS_PARAMETERS,
+    camera_info_intrinsics,
+    depth_modality,
+    point_cloud_message,
+)
 
 SIZE_MISMATCH = "size_mismatch"
 INVALID_VALUES = "invalid_values"
@@ -120,6 +132,23 @@ class _Frame(NamedTuple):
 
     header: Header
     array: np.ndarray
+
+
+class _CameraFrame(NamedTuple):
+    """One converted camera_info message, as queued in the synchroniser after the images."""
+
+    header: Header
+    intrinsics: CameraIntrinsics
+
+
+_Synced = _Frame | _CameraFrame
+
+
+class _PointsOptions(NamedTuple):
+    """Run-time point cloud settings, swapped as a whole when a parameter changes."""
+
+    stride: int
+    max_range: float
 
 
 class _OutputOptions(NamedTuple):
@@ -203,7 +232,7 @@ class SegmentationNode(Node):
 
     def __init__(self, node_name: str = "unim2_node", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        self._slot: LatestSlot[tuple[_Frame, ...]] = LatestSlot()
+        self._slot: LatestSlot[tuple[_Synced, ...]] = LatestSlot()
         self._worker: threading.Thread | None = None
         self._model: Segmenter | None = None
         try:
@@ -243,6 +272,8 @@ class SegmentationNode(Node):
                 raise ConfigError(f"parameter {reason}")
         self._refuse_unknown_parameters(known=list(self._specs))
 
+        self._declare_points(bundle.encodings)
+
         loaded = threading.Event()
         self._load_error: BaseException | None = None
         self._worker = threading.Thread(
@@ -278,6 +309,11 @@ class SegmentationNode(Node):
         )
         self._label_info_pub = self.create_publisher(String, "~/label_info", latched)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._points_pub = (
+            self.create_publisher(PointCloud2, "~/points", output_qos)
+            if self._points_enabled
+            else None
+        )
 
         self._sync = self._new_synchronizer(settings.slop, settings.queue_size)
         input_qos = _qos(settings.qos_input)
@@ -288,6 +324,11 @@ class SegmentationNode(Node):
             for index, modality in enumerate(self._modalities)
         ]
         self._topics = [sub.topic_name for sub in self._inputs]
+        if self._camera_modality is not None:
+            camera_info = self.create_subscription(
+                CameraInfo, f"{self._camera_modality}/camera_info", self._on_camera_info, input_qos
+            )
+            self._topics.append(camera_info.topic_name)
         self._monitor = PipelineMonitor(
             self._topics, start=time.monotonic(), stream_timeout=settings.stream_timeout
         )
@@ -346,8 +387,87 @@ class SegmentationNode(Node):
 
     def _new_synchronizer(
         self, slop: float, queue_size: int
-    ) -> ApproximateTimeSynchronizer[_Frame]:
-        return ApproximateTimeSynchronizer(len(self._modalities), queue_size=queue_size, slop=slop)
+    ) -> ApproximateTimeSynchronizer[_Synced]:
+        n_inputs = len(self._modalities) + (self._camera_modality is not None)
+        return ApproximateTimeSynchronizer(n_inputs, queue_size=queue_size, slop=slop)
+
+    # --- point cloud and camera_info ------------------------------------------------------
+
+    def _declare_points(self, encodings: dict[str, ModalityEncoding]) -> None:
+        """Declares ``points.*`` and decides whether camera_info is an input.
+
+        Raises:
+            ConfigError: ``points.enabled`` with a checkpoint that has no raw depth modality.
+        """
+        values = {}
+        for spec in POINTS_PARAMETERS:
+            self._specs[spec.name] = spec
+            values[spec.name] = self._declare(spec)
+        self._points_enabled = bool(values["points.enabled"])
+        self._points = _PointsOptions(
+            cast(int, values["points.stride"]), float(cast(float, values["points.max_range"]))
+        )
+        depth = depth_modality(encodings)
+        needs_intrinsics = any(e.kind is EncodingKind.DEPTH_HHA for e in encodings.values())
+        if self._points_enabled and depth is None:
+            raise ConfigError(
+                "parameter points.enabled: the checkpoint has no raw depth modality (encoding "
+                f"depth or depth_hha) to build points from; its modalities: {list(encodings)}"
+            )
+        self._camera_modality = depth if (self._points_enabled or needs_intrinsics) else None
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        """Converts one camera_info message and offers the group it completes to the model."""
+        index = len(self._modalities)
+        self._monitor.record_message(index, time.monotonic())
+        try:
+            intrinsics = camera_info_intrinsics(msg)
+        except EncodingError as err:
+            self._refuse(index, INVALID_VALUES, str(err))
+            return
+        stamp_ns = header_stamp_ns(msg.header)
+        group = self._sync.add(index, stamp_ns, _CameraFrame(msg.header, intrinsics))
+        if group is not None and self._slot.put(group):
+            self._monitor.record_stale_drop()
+
+    def _split_camera_info(
+        self, synced: tuple[_Synced, ...]
+    ) -> tuple[tuple[_Frame, ...], dict[str, CameraIntrinsics]]:
+        """The image frames of a synchronised group, and the depth camera's intrinsics."""
+        images = cast(tuple[_Frame, ...], synced[: len(self._modalities)])
+        if self._camera_modality is None:
+            return images, {}
+        camera = cast(_CameraFrame, synced[-1])
+        return images, {self._camera_modality: camera.intrinsics}
+
+    def _publish_points(
+        self,
+        rgb: _Frame,
+        arrays: dict[str, np.ndarray],
+        labels: np.ndarray,
+        intrinsics: dict[str, CameraIntrinsics],
+    ) -> None:
+        """Publishes ~/points when enabled and subscribed (the records are built only then)."""
+        publisher = self._points_pub
+        if publisher is None or self._camera_modality is None:
+            return
+        if publisher.get_subscription_count() == 0:
+            return
+        options = self._points
+        try:
+            points = labelled_points(
+                arrays[self._camera_modality],
+                rgb.array,
+                labels,
+                intrinsics[self._camera_modality],
+                stride=options.stride,
+                max_range=options.max_range,
+                name=self._camera_modality,
+            )
+        except EncodingError as err:
+            self._refuse(len(self._modalities), INVALID_VALUES, str(err))
+            return
+        publisher.publish(point_cloud_message(points, rgb.header))
 
     # --- subscription side ----------------------------------------------------------------
 
@@ -393,7 +513,8 @@ class SegmentationNode(Node):
         while (group := self._slot.take()) is not None:
             self._segment(segmenter, group)
 
-    def _segment(self, segmenter: Segmenter, group: tuple[_Frame, ...]) -> None:
+    def _segment(self, segmenter: Segmenter, synced: tuple[_Synced, ...]) -> None:
+        group, intrinsics = self._split_camera_info(synced)
         rgb = group[0]
         size = rgb.array.shape[:2]
         mismatched = [i for i, frame in enumerate(group) if frame.array.shape[:2] != size]
@@ -411,7 +532,7 @@ class SegmentationNode(Node):
         }
         start = time.perf_counter()
         try:
-            labels = segmenter(arrays).labels
+            labels = segmenter(arrays, intrinsics=intrinsics).labels
         except EncodingError as err:
             self._refuse(self._blame(err), INVALID_VALUES, str(err))
             return
@@ -424,6 +545,7 @@ class SegmentationNode(Node):
         inference_s = time.perf_counter() - start
         try:
             self._publish_outputs(rgb, labels)
+            self._publish_points(rgb, arrays, labels, intrinsics)
         except (InvalidHandle, RCLError):
             if self.context.ok():
                 raise
@@ -500,6 +622,11 @@ class SegmentationNode(Node):
                 self.get_parameter("output.colored").value,
                 self.get_parameter("output.overlay").value,
                 self.get_parameter("output.overlay_alpha").value,
+            )
+        if names & {"points.stride", "points.max_range"}:
+            self._points = _PointsOptions(
+                self.get_parameter("points.stride").value,
+                self.get_parameter("points.max_range").value,
             )
         if "diagnostics.stream_timeout" in names:
             self._monitor.set_stream_timeout(self.get_parameter("diagnostics.stream_timeout").value)

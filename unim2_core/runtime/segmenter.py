@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from unim2_core.data.camera import CameraIntrinsics
 from unim2_core.data.encoding import ModalityEncoding, check_group
 from unim2_core.data.preprocess import encode_group, processing_size, to_backbone_batch
 from unim2_core.device import resolve_device
@@ -217,9 +218,18 @@ class Segmenter:
         )
 
     @torch.inference_mode()
-    def code(self, arrays: Mapping[str, np.ndarray]) -> Tensor:
-        """The code map of one frame group, [1, D, h, w] at feature resolution."""
-        encoded = encode_group(arrays, self.encodings)  # [M, H, W, 3]
+    def code(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        *,
+        intrinsics: Mapping[str, CameraIntrinsics] | None = None,
+    ) -> Tensor:
+        """The code map of one frame group, [1, D, h, w] at feature resolution.
+
+        ``intrinsics``: the frame's camera intrinsics per modality, for encodings that use
+        them (``depth_hha``); see ``preprocess.encode_group``.
+        """
+        encoded = encode_group(arrays, self.encodings, intrinsics=intrinsics)  # [M, H, W, 3]
         size = self.processing_size(encoded.shape[1], encoded.shape[2])
         pixels = to_backbone_batch(
             encoded,
@@ -234,15 +244,21 @@ class Segmenter:
 
     @torch.inference_mode()
     def __call__(
-        self, arrays: Mapping[str, np.ndarray], *, with_confidence: bool = False
+        self,
+        arrays: Mapping[str, np.ndarray],
+        *,
+        with_confidence: bool = False,
+        intrinsics: Mapping[str, CameraIntrinsics] | None = None,
     ) -> SegmentationResult:
         """Segment one frame group of raw arrays (robot units, see ``encoding``).
+
+        ``intrinsics``: the frame's camera intrinsics per modality (``depth_hha``).
 
         Raises:
             EncodingError: a modality is missing, sizes differ, or an array is invalid.
         """
         height, width = check_group(arrays, self.modalities)
-        code = self.code(arrays)  # [1, D, h, w]
+        code = self.code(arrays, intrinsics=intrinsics)  # [1, D, h, w]
         if self.cluster_order == "code":
             clusters, best = clusters_from_code(
                 code, self.heads.cluster_probe.centroids, output_size=(height, width)
