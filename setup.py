@@ -69,11 +69,12 @@ setup(
     zip_safe=True,
     entry_points={
         "console_scripts": [
-            "unim2_node = unim2_ros.segmentation_node:main",
+            "unim2_node = unim2_ros.node_main:main",
             "unim2_replay = unim2_ros.replay.cli:main",
             "unim2_record = unim2_ros.bag_record:main",
             "unim2_import_bag = unim2_ros.bag_import:main",
             "unim2_train = unim2_train.train:main",
+            "unim2_calibrate = unim2_train.calibrate:main",
             "unim2_eval = unim2_train.evaluate:main",
             "unim2_search = unim2_train.search:main",
             "unim2_extract = unim2_train.extract_features:main",

@@ -39,6 +39,11 @@ def generate_launch_description() -> LaunchDescription:
             "depth_topic", default_value="depth/image", description="Depth image topic."
         ),
         DeclareLaunchArgument(
+            "depth_info_topic",
+            default_value="depth/camera_info",
+            description="camera_info of the depth image (used with points.enabled or online HHA).",
+        ),
+        DeclareLaunchArgument(
             "thermal_topic", default_value="thermal/image", description="Thermal image topic."
         ),
         DeclareLaunchArgument(
@@ -77,6 +82,7 @@ def generate_launch_description() -> LaunchDescription:
             ("nir/image", LaunchConfiguration("nir_topic")),
             ("aolp/image", LaunchConfiguration("aolp_topic")),
             ("dolp/image", LaunchConfiguration("dolp_topic")),
+            ("depth/camera_info", LaunchConfiguration("depth_info_topic")),
         ],
         arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
         output="screen",

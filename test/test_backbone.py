@@ -485,9 +485,12 @@ def test_missing_path_is_named(tmp_path: Path) -> None:
 def test_corrupt_file_is_named_with_its_cause(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"broken{suffix}"
     path.write_bytes(b"\x80\x02 this is not a checkpoint")
-    with pytest.raises(
-        BackboneError, match=re.escape(f"cannot read backbone weights '{path}'")
-    ) as info:
+    expected = (
+        f"cannot read backbone weights '{path}'"
+        if suffix == ".safetensors"
+        else f"'{path}' is not a backbone weight file: torch cannot read it"
+    )
+    with pytest.raises(BackboneError, match=re.escape(expected)) as info:
         load_weights_file(path, ARCHITECTURES["dinov2_vits14"])
     assert info.value.__cause__ is not None
 
@@ -496,8 +499,22 @@ def test_truncated_file_is_named(tiny: WeightSet, tmp_path: Path) -> None:
     data = tiny.paths["meta"].read_bytes()
     path = tmp_path / "truncated.pth"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(BackboneError, match=re.escape(f"cannot read backbone weights '{path}'")):
+    with pytest.raises(
+        BackboneError,
+        match=re.escape(f"'{path}' is not a backbone weight file: it is a zip archive torch"),
+    ):
         load_weights_file(path, tiny.arch)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b"", "the file is empty"), (b"not weights\n", "it is a text file, not a torch.save file")],
+)
+def test_non_weight_files_get_one_reason(tmp_path: Path, content: bytes, reason: str) -> None:
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(BackboneError, match=re.escape(f"is not a backbone weight file: {reason}")):
+        load_weights_file(path, ARCHITECTURES["dinov2_vits14"])
 
 
 def test_pickle_that_is_not_a_state_dict_is_rejected(tmp_path: Path) -> None:

@@ -453,7 +453,7 @@ def test_frame_groups_reject_a_topic_of_another_type(
     ("topics", "label_topic", "message"),
     [
         ({"depth": DEPTH}, None, "an 'rgb' topic is required"),
-        ({"rgb": RGB, "aolp": DEPTH}, None, "cannot read modality 'aolp'"),
+        ({"rgb": RGB, "polar": DEPTH}, None, "cannot read modality 'polar'"),
         ({"rgb": RGB, "depth": RGB}, None, f"topic '{RGB}' is named more than once"),
         ({"rgb": RGB}, RGB, f"topic '{RGB}' is named more than once"),
     ],

@@ -357,3 +357,23 @@ def test_topic_whose_type_differs_from_the_type_store_is_not_recorded() -> None:
     )
     matching = _endpoints(RELIABLE, type_hash=typestore().hash_rihs01(IMAGE_TYPE))
     assert _unrecordable("/t", [IMAGE_TYPE], matching) is None
+
+
+def test_invalid_topic_name_is_one_error_and_creates_nothing(
+    tmp_path: Path, context: Context
+) -> None:
+    with pytest.raises(BagError, match=r"^invalid topic name 'bad topic!': topic name must not"):
+        BagRecorder(tmp_path / "bag", ["bad topic!"], context=context)
+    assert not (tmp_path / "bag").exists()
+
+
+def test_command_line_fails_when_nothing_was_recorded(
+    tmp_path: Path, ros_domain_id: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bag"
+    assert main(["unim2_record", "--out", str(out), "/never_published", "--duration", "0.3"]) == 1
+    captured = capsys.readouterr()
+    assert "/never_published: not recorded, never appeared" in captured.out
+    assert captured.err.splitlines()[-1] == (
+        f"ERROR: nothing was recorded into '{out}': '/never_published' never appeared"
+    )

@@ -16,6 +16,8 @@ from tiny_setup import tiny_config, write_tiny_config, write_tiny_dataset
 from unim2_core.errors import ConfigError, DataError
 from unim2_core.training.baselines import (
     VARIANTS,
+    ComparisonRow,
+    ComparisonTable,
     compare,
     evaluate_centroids,
     format_comparison,
@@ -216,7 +218,10 @@ def test_cli_runs_every_variant_and_tabulates_their_metrics(
     markdown = (out / "comparison.md").read_text()
     assert markdown in printed
     assert "Model selection on: val." in markdown
-    assert "| val mIoU | val Acc | test mIoU | test Acc |" in markdown
+    assert (
+        "| val mIoU | val Acc | test mIoU | test Acc | selected by | largest cluster | collapsed |"
+        in markdown
+    )
     rows = json.loads((out / "comparison.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == list(VARIANTS)
     for row in rows:
@@ -231,7 +236,13 @@ def test_cli_runs_every_variant_and_tabulates_their_metrics(
         assert [row["test_miou"], row["test_accuracy"]] == cells[2:]
         assert (metrics["selection"]["split"], metrics["test"]["split"]) == ("val", "test")
         line = next(x for x in markdown.splitlines() if f"(`{row['variant']}`)" in x)
-        assert line.endswith(" | ".join(f"{v:.2f}" for v in cells) + " |")
+        share = f"{100 * metrics['health']['largest_cluster_share']:.0f}%"
+        flag = "**COLLAPSED**" if metrics["collapsed"] else "no"
+        by = metrics["selection"].get("criterion", "-")
+        assert line.endswith(" | ".join([*(f"{v:.2f}" for v in cells), by, share, flag]) + " |"), (
+            line
+        )
+        assert row["collapsed"] is metrics["collapsed"]
     trained = {v: yaml.safe_load((out / v / "config.yaml").read_text()) for v in VARIANTS[2:]}
     assert list(trained["rgb_only"]["modalities"]) == ["rgb"]
     assert trained["naive"]["model"]["align"] == "none"
@@ -264,3 +275,52 @@ def test_cli_rejects_unknown_variants(
     config_path = write_tiny_config(tiny["base"] / "c2.yaml", tiny["root"], tiny["base"], None)
     assert main(["--config", str(config_path), "--baselines", "--variants", "kmeans,unim2"]) == 1
     assert "ERROR: --variants 'kmeans,unim2': unknown ['kmeans']" in capsys.readouterr().err
+
+
+def test_baselines_run_with_an_unlabelled_selection_split(tiny: dict[str, Path]) -> None:
+    unlabelled = tiny["base"] / "unlabelled"
+    unlabelled.mkdir()
+    for sub in ("rgb", "depth"):
+        (unlabelled / sub).symlink_to(tiny["root"] / sub)
+    raw = tiny_config(tiny["root"], tiny["base"] / "run")
+    config = dataclasses.replace(
+        raw,
+        dataset=dataclasses.replace(
+            raw.dataset, root=str(unlabelled), val_split=None, test_split=None
+        ),
+        model=dataclasses.replace(raw.model, n_clusters=4, linear_probe=False),
+    )
+    out = tiny["base"] / "cmp-unlabelled"
+    table = compare(config, ["kmeans_rgb", "rgb_only"], out, progress=False)
+    kmeans, trained = table.rows
+    assert kmeans.selection_miou is None and trained.selection_miou is None
+    assert (kmeans.selected_by, trained.selected_by) == (None, "kmeans_nmi")
+    assert kmeans.largest_cluster_share is not None and not kmeans.collapsed
+    metrics = json.loads((out / "rgb_only" / "metrics.json").read_text())
+    assert metrics["selection"]["labelled"] is False
+    assert trained.collapsed is metrics["collapsed"]
+    text = format_comparison(table)
+    assert "| - | - | kmeans_nmi |" in text and "selected by their label-free criterion" in text
+
+
+def test_collapsed_variants_are_flagged_in_the_table() -> None:
+    row = ComparisonRow(
+        "naive",
+        "naive fusion",
+        ("rgb", "depth"),
+        "val",
+        3.5,
+        38.2,
+        None,
+        None,
+        None,
+        Path("m.json"),
+        "miou",
+        0.93,
+        True,
+    )
+    healthy = row._replace(variant="unim2", collapsed=False, largest_cluster_share=0.2)
+    text = format_comparison(ComparisonTable((row, healthy), "val", False, "paper"))
+    assert "| 3.50 | 38.20 | miou | 93% | **COLLAPSED** |" in text
+    assert "| miou | 20% | no |" in text
+    assert "**Collapsed**: `naive` put most pixels into one cluster" in text

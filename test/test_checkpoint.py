@@ -79,8 +79,13 @@ def test_file_carrying_pickled_code_is_refused(bundle: Bundle, tmp_path: Path) -
     data["training"] = _CodeOnLoad()
     path = tmp_path / "evil.pt"
     torch.save(data, path)
-    with pytest.raises(CheckpointError, match=r"refusing .*evil\.pt.*execute code"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"evil\.pt' is not a unim2 checkpoint: it holds pickled Python objects "
+        r"\(first: [\w.]+\), which would run code on load; refused$",
+    ) as info:
         load_bundle(path)
+    assert "weights_only" not in str(info.value) and "\x1b" not in str(info.value)
 
 
 def test_saving_non_plain_values_is_refused(bundle: Bundle, tmp_path: Path) -> None:
@@ -137,8 +142,36 @@ def test_missing_and_corrupt_files_name_the_path(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"checkpoint not found: .*nothing\.pt"):
         load_bundle(tmp_path / "nothing.pt")
     (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*corrupt\.pt"):
+    with pytest.raises(
+        CheckpointError, match=r"corrupt\.pt' is not a unim2 checkpoint: it is a zip archive"
+    ):
         load_bundle(tmp_path / "corrupt.pt")
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "the file is empty"),
+        (b"hello world\n", "it is a text file, not a torch.save file"),
+        (b"model:\n  code_dim: 70\n", "it is a text file, not a torch.save file"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "it is a PNG image, not a torch.save file"),
+        (b"\x80\x02 legacy pickle, cut", r"torch cannot read it \(\w+\); it may be truncated"),
+    ],
+)
+def test_files_that_are_not_checkpoints_get_one_reason(
+    tmp_path: Path, content: bytes, reason: str
+) -> None:
+    """Text, YAML, PNG or empty files renamed .pt: a reason, never torch's weights_only advice."""
+    path = tmp_path / "model.unim2.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=f"'{path}' is not a unim2 checkpoint: {reason}"):
+        load_bundle(path)
+
+
+def test_a_torch_file_of_something_else_is_not_a_checkpoint(tmp_path: Path) -> None:
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match=r"list\.pt' is not a unim2 checkpoint \(no format"):
+        load_bundle(tmp_path / "list.pt")
 
 
 def test_head_weights_not_fitting_the_config_are_refused(bundle: Bundle, tmp_path: Path) -> None:

@@ -276,7 +276,7 @@ def test_a_folder_of_another_demo_or_other_files_is_refused(
     assert main(["--quick", "--out", str(other)]) == 1
     err = capsys.readouterr().err
     assert f"ERROR: {other} holds a demo made with other settings (steps differ)" in err
-    assert "--fresh" in err
+    assert "--restart" in err
     assert not (other / "bags").exists()
 
     unrelated = tmp_path / "unrelated"
@@ -304,3 +304,19 @@ def test_fresh_empties_the_output_folder_before_the_demo_starts(
     assert main(["--quick", "--fresh", "--out", str(out), "--domain-id", "7"]) == 0
     assert seen == [[]]  # the old demo was gone before the stages ran
     assert f"report: {out / 'report.md'}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", ["--restart", "--fresh"])
+def test_restart_refuses_a_folder_that_holds_no_demo(
+    tmp_path: Path, flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("irreplaceable")
+    assert main(["--quick", flag, "--out", str(out), "--domain-id", "7"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"ERROR: --restart would delete '{out}', which holds no demo ({SETTINGS_FILE} is "
+        "missing); choose another --out\n"
+    )
+    assert (out / "thesis.tex").read_text() == "irreplaceable"

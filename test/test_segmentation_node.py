@@ -579,6 +579,11 @@ def test_parameters_are_validated_at_run_time_and_take_effect(
         ({"inputs.modalities": ["rgb", "depth"]}, r"needs modality 'thermal'"),
         ({"encoding.thermal.high": -1.0}, r"encoding.thermal.low / encoding.thermal.high"),
         ({"sync.queue_size": 0}, r"sync.queue_size"),
+        ({"sync.slope": 0.1}, r"^unknown parameter 'sync.slope' \(did you mean 'sync.slop'\?\)"),
+        ({"qos.inptu": "reliable"}, r"unknown parameter 'qos.inptu' \(did you mean 'qos.input'"),
+        ({"outputs.overlay": False}, r"'outputs.overlay' \(did you mean 'output.overlay'"),
+        ({"encoding.thermal.hi": 9.0}, r"'encoding.thermal.hi' \(did you mean 'encoding.thermal"),
+        ({"model.device": "cuda:x"}, r"model.device must be one of cpu, cuda, cuda:N"),
     ],
 )
 def test_bad_start_up_configuration_is_refused_naming_it(

@@ -11,10 +11,15 @@ import torch
 from conftest import make_bundle
 
 from unim2_core.data.encoding import ModalityEncoding
-from unim2_core.errors import BackboneError, CheckpointError, EncodingError
+from unim2_core.errors import BackboneError, CheckpointError, ConfigError, EncodingError
 from unim2_core.model.backbone import Backbone, load_backbone
 from unim2_core.model.checkpoint import ClassMapping, save_bundle
-from unim2_core.runtime.segmenter import Segmenter, clusters_from_similarity, distinct_palette
+from unim2_core.runtime.segmenter import (
+    Segmenter,
+    clusters_from_code,
+    clusters_from_similarity,
+    distinct_palette,
+)
 
 RGBD = {"rgb": ModalityEncoding.default("rgb"), "depth": ModalityEncoding.default("depth")}
 RGBT = {"rgb": ModalityEncoding.default("rgb"), "thermal": ModalityEncoding.default("thermal")}
@@ -165,11 +170,14 @@ def test_options_are_validated(imgfocus_backbone: Backbone) -> None:
     bundle = make_bundle(imgfocus_backbone, RGBD)
     with pytest.raises(ValueError, match="precision must be one of"):
         Segmenter(bundle, imgfocus_backbone, precision="int8")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="device must be one of"):
-        Segmenter(bundle, imgfocus_backbone, device="tpu")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="device must be one of cpu, cuda, cuda:N"):
+        Segmenter(bundle, imgfocus_backbone, device="tpu")
+    with pytest.raises(ValueError, match="cluster_order must be one of"):
+        Segmenter(bundle, imgfocus_backbone, cluster_order="logits")  # type: ignore[arg-type]
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA GPU"):
-            Segmenter(bundle, imgfocus_backbone, device="cuda")
+        for device in ("cuda", "cuda:1"):
+            with pytest.raises(ConfigError, match=f"device '{device}' .* sees no CUDA GPU"):
+                Segmenter(bundle, imgfocus_backbone, device=device)
 
 
 def test_from_files_loads_bundle_and_checks_the_backbone(
@@ -208,6 +216,91 @@ def test_clusters_from_similarity_upsamples_then_uses_nearest() -> None:
     expected[:4, :4] = 1
     torch.testing.assert_close(clusters[0], expected)
     assert best[0, 0, 0].item() == pytest.approx(1.0) and best[0, 7, 7].item() == pytest.approx(0.5)
+
+
+def test_clusters_from_code_upsamples_the_code_before_normalising() -> None:
+    # Feature cells c0 = (10, 0) and c1 = (0, 1), centroids along the axes. Bilinear 2 -> 4
+    # (align_corners=False) gives pixels c0, 0.75 c0 + 0.25 c1, 0.25 c0 + 0.75 c1, c1. Pixel 2
+    # is (2.5, 0.75): the reference's order (upsample the code, normalise, cosine) gives it
+    # cluster 0 with cosine 2.5 / sqrt(2.5^2 + 0.75^2); upsampling the per-cell cosines (1, 0)
+    # and (0, 1) gives it 0.25 vs 0.75, cluster 1.
+    code = torch.tensor([[10.0, 0.0], [0.0, 1.0]]).reshape(1, 2, 1, 2)  # [B, D, h, w]
+    centroids = torch.tensor([[3.0, 0.0], [0.0, 0.5]])  # norms do not matter
+    clusters, best = clusters_from_code(code, centroids, output_size=(1, 4))
+    assert clusters[0, 0].tolist() == [0, 0, 0, 1]
+    expected_best = [1.0, 7.5 / (7.5**2 + 0.25**2) ** 0.5, 2.5 / (2.5**2 + 0.75**2) ** 0.5, 1.0]
+    assert best[0, 0].tolist() == pytest.approx(expected_best, abs=1e-6)
+    fast, _ = clusters_from_similarity(
+        torch.einsum(
+            "bdhw,kd->bkhw",
+            torch.nn.functional.normalize(code, dim=1),
+            torch.nn.functional.normalize(centroids, dim=1),
+        ),
+        processing_size=(1, 4),
+        output_size=(1, 4),
+    )
+    assert fast[0, 0].tolist() == [0, 0, 1, 1]
+
+
+def _numpy_bilinear(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of [C, h, w] with half-pixel centres and edge clamping, written out."""
+    channels, height, width = array.shape
+    out = np.empty((channels, *size))
+    for y in range(size[0]):
+        sy = min(max((y + 0.5) * height / size[0] - 0.5, 0.0), height - 1)
+        y0 = int(np.floor(sy))
+        y1, fy = min(y0 + 1, height - 1), sy - y0
+        for x in range(size[1]):
+            sx = min(max((x + 0.5) * width / size[1] - 0.5, 0.0), width - 1)
+            x0 = int(np.floor(sx))
+            x1, fx = min(x0 + 1, width - 1), sx - x0
+            top = (1 - fx) * array[:, y0, x0] + fx * array[:, y0, x1]
+            bottom = (1 - fx) * array[:, y1, x0] + fx * array[:, y1, x1]
+            out[:, y, x] = (1 - fy) * top + fy * bottom
+    return out
+
+
+def test_clusters_from_code_matches_a_numpy_reference_on_random_codes() -> None:
+    rng = np.random.default_rng(0)
+    code = rng.standard_normal((1, 6, 5, 7))
+    centroids = rng.standard_normal((4, 6))
+    upsampled = _numpy_bilinear(code[0], (20, 28))  # [D, H, W]
+    unit = upsampled / np.linalg.norm(upsampled, axis=0, keepdims=True)
+    cosine = np.einsum("dhw,kd->khw", unit, centroids / np.linalg.norm(centroids, axis=1)[:, None])
+    clusters, best = clusters_from_code(
+        torch.from_numpy(code).float(), torch.from_numpy(centroids).float(), output_size=(20, 28)
+    )
+    np.testing.assert_array_equal(clusters[0].numpy(), cosine.argmax(axis=0))
+    np.testing.assert_allclose(best[0].numpy(), cosine.max(axis=0), atol=1e-5)
+    fast, _ = clusters_from_similarity(
+        torch.from_numpy(
+            np.einsum(
+                "dhw,kd->khw",
+                code[0] / np.linalg.norm(code[0], axis=0, keepdims=True),
+                centroids / np.linalg.norm(centroids, axis=1)[:, None],
+            )[None]
+        ).float(),
+        processing_size=(20, 28),
+        output_size=(20, 28),
+    )
+    assert 0 < (fast[0] != clusters[0]).float().mean().item() < 0.2  # the orders differ
+
+
+def test_code_order_segmenter_assigns_clusters_from_the_upsampled_code(
+    imgfocus_backbone: Backbone, nyu_frame: dict[str, np.ndarray]
+) -> None:
+    bundle = make_bundle(imgfocus_backbone, RGBD)
+    fast = Segmenter(bundle, imgfocus_backbone, device="cpu")
+    paper = Segmenter(bundle, imgfocus_backbone, device="cpu", cluster_order="code")
+    _centroids_from_pixels(fast, nyu_frame)
+    paper.heads.load_state_dict(fast.heads.state_dict())
+    height, width = nyu_frame["rgb"].shape[:2]
+    expected, _ = clusters_from_code(
+        paper.code(nyu_frame), paper.heads.cluster_probe.centroids, output_size=(height, width)
+    )
+    labels = paper(nyu_frame).labels
+    np.testing.assert_array_equal(labels, expected[0].numpy())
+    assert (labels != fast(nyu_frame).labels).any()
 
 
 def test_distinct_palette_is_deterministic_and_distinct() -> None:

@@ -13,14 +13,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from synthetic_data import tiny_config, write_synthetic_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from unim2_core.errors import ConfigError, TrainingError
+from unim2_core.errors import ConfigError, Interrupted, TrainingError
 from unim2_core.model.checkpoint import load_bundle
 from unim2_core.runtime.segmenter import Segmenter
 from unim2_core.training.config import TrainConfig, parse_config
-from unim2_core.training.trainer import Trainer, batch_indices, holdout_split, train
+from unim2_core.training.trainer import (
+    Trainer,
+    batch_indices,
+    config_differences,
+    holdout_split,
+    train,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -176,10 +183,105 @@ def test_changed_config_refuses_to_resume_unless_restarted(
 ) -> None:
     train(_config(data_root, tmp_path / "run", cache_dir, train={"steps": 2}), progress=False)
     changed = _config(data_root, tmp_path / "run", cache_dir, train={"steps": 2, "lr": 1e-3})
-    with pytest.raises(TrainingError, match="different configuration.*--restart"):
+    with pytest.raises(
+        TrainingError, match=r"different configuration \(train.lr: 0.0005 -> 0.001\).*--restart"
+    ):
         Trainer(changed, progress=False)
     result = Trainer(changed, restart=True, progress=False).run()
     assert result.metrics["steps"] == 2
+
+
+def test_resume_may_extend_steps_but_not_go_below_the_step_reached(
+    data_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    steps = {"steps": 4, "val_every": 2, "checkpoint_every": 2}
+    train(_config(data_root, tmp_path / "run", cache_dir, train=steps), progress=False)
+    longer = _config(data_root, tmp_path / "run", cache_dir, train={**steps, "steps": 6})
+    trainer = Trainer(longer, progress=False)
+    assert trainer.resumed_step == 4
+    assert trainer.run().metrics["steps"] == 6
+    shorter = _config(data_root, tmp_path / "run", cache_dir, train={**steps, "steps": 5})
+    with pytest.raises(TrainingError, match=r"already at step 6, beyond train.steps=5"):
+        Trainer(shorter, progress=False)
+
+
+def test_config_differences_name_every_changed_key() -> None:
+    old = {"train": {"steps": 2, "lr": 0.1}, "cache_dir": None, "loss": {"points": 11}}
+    new = {"train": {"steps": 3, "lr": 0.1}, "cache_dir": "c", "model": {"code_dim": 8}}
+    assert config_differences(old, new) == {
+        "train.steps": "train.steps: 2 -> 3",
+        "cache_dir": "cache_dir: None -> 'c'",
+        "loss": "loss: {'points': 11} -> (absent)",
+        "model": "model: (absent) -> {'code_dim': 8}",
+    }
+
+
+def test_sigint_saves_the_step_reached_and_resumes_exactly(
+    data_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C between checkpoints: the state holds the step reached, not the last checkpoint."""
+    steps = {"steps": 8, "val_every": 3, "checkpoint_every": 100}
+    reference = train(
+        _config(data_root, tmp_path / "straight", cache_dir, train=steps), progress=False
+    )
+
+    def ctrl_c(step: int) -> None:
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    config = _config(data_root, tmp_path / "resumed", cache_dir, train=steps)
+    with pytest.raises(Interrupted, match=r"stopped at step 5 of 8; the state is saved") as info:
+        Trainer(config, progress=False, step_hook=ctrl_c).run()
+    assert info.value.signal_number == signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    state = torch.load(tmp_path / "resumed" / "state.pt", weights_only=True)
+    assert state["step"] == 5
+    resumed = Trainer(config, progress=False)
+    assert resumed.resumed_step == 5
+    result = resumed.run()
+    expected, got = load_bundle(reference.bundle_path), load_bundle(result.bundle_path)
+    for key, value in expected.heads_state.items():
+        torch.testing.assert_close(got.heads_state[key], value, rtol=0, atol=0)
+    assert _log_records(tmp_path / "resumed") == _log_records(tmp_path / "straight")
+
+
+def test_sigterm_stops_the_command_with_a_saved_state_and_a_resume_line(
+    data_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    import yaml
+
+    raw = tiny_config(
+        data_root, tmp_path / "run", train={"steps": 100000, "checkpoint_every": 10**6}
+    )
+    raw["cache_dir"] = str(cache_dir)
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    command = [sys.executable, "-m", "unim2_train.train", "--config", str(config_path)]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen(
+        [*command, "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    log = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not log.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    lines = err.decode().strip().splitlines()
+    assert process.returncode == 128 + signal.SIGTERM, err.decode()
+    assert len(lines) == 1 and lines[0].startswith("interrupted: training stopped at step ")
+    step = int(lines[0].split("step ")[1].split()[0])
+    assert step >= 1
+    assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["step"] == step
+    again = subprocess.run(
+        [*command, "--no-progress", "--set", f"train.steps={step + 1}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from step {step} of {step + 1}" in again.stderr
 
 
 def test_unlabelled_data_needs_a_cluster_count(
@@ -206,7 +308,39 @@ def test_unlabelled_data_needs_a_cluster_count(
     )
     bundle = load_bundle(result.bundle_path)
     assert bundle.class_mapping is None and bundle.heads_config.n_clusters == 5
-    assert result.metrics["selection"]["split"] is None
+    selection = result.metrics["selection"]
+    assert (selection["split"], selection["labelled"]) == ("train held-out 0.25", False)
+    assert selection["criterion"] == "kmeans_nmi" and "label-free" in selection["note"]
+
+
+def test_selection_without_labels_picks_the_best_checkpoint_by_the_named_criterion(
+    data_root: Path, cache_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    for sub in ("rgb", "depth"):
+        (unlabelled / sub).symlink_to(data_root / sub)
+    config = _config(
+        unlabelled,
+        tmp_path / "run",
+        cache_dir,
+        model={"n_clusters": 6, "linear_probe": False},
+        train={"steps": 8, "val_every": 2, "label_free_criterion": "code_stability"},
+    )
+    with caplog.at_level("INFO", logger="unim2_core.training.trainer"):
+        result = train(config, progress=False)
+    val = [r for r in _log_records(tmp_path / "run") if r["kind"] == "val"]
+    assert [r["step"] for r in val] == [2, 4, 6, 8]
+    assert all("miou" not in r for r in val)
+    healthy = [r for r in val if not r["health/collapsed"]] or val
+    best = max(healthy, key=lambda r: float(r["criterion/code_stability"]))  # type: ignore[arg-type]
+    selection = result.metrics["selection"]
+    assert selection["criterion"] == "code_stability"
+    assert selection["step"] == best["step"]
+    assert selection["value"] == pytest.approx(best["criterion/code_stability"])
+    assert load_bundle(result.bundle_path).metrics["selection"] == selection
+    assert "selected on train held-out 0.25 by code_stability" in caplog.text
+    assert not (tmp_path / "run" / "val_miou.png").exists()  # nothing labelled to plot
 
 
 def test_selecting_on_test_is_labelled_so(data_root: Path, cache_dir: Path, tmp_path: Path) -> None:
@@ -248,3 +382,80 @@ def test_holdout_split_is_seeded_disjoint_and_non_empty() -> None:
     assert len(held) == 2 and not set(kept) & set(held) and sorted(kept + held) == list(range(20))
     assert holdout_split(20, 0.1, seed=0) == (kept, held)
     assert holdout_split(3, 0.01, seed=0)[1] and holdout_split(3, 0.99, seed=0)[0]
+
+
+def test_mixed_labelled_and_unlabelled_folder_trains_and_evaluates_its_labelled_frames(
+    data_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    from unim2_train.evaluate import main as eval_main
+
+    mixed = tmp_path / "mixed"
+    (mixed / "labels").mkdir(parents=True)
+    for sub in ("rgb", "depth"):
+        (mixed / sub).symlink_to(data_root / sub)
+    (mixed / "dataset.yaml").symlink_to(data_root / "dataset.yaml")
+    labelled = ["0000", "0002", "0004", "0006", "0009", "0010"]
+    for stem in labelled:
+        (mixed / "labels" / f"{stem}.png").symlink_to(data_root / "labels" / f"{stem}.png")
+    (mixed / "splits").mkdir()
+    (mixed / "splits" / "train.txt").write_text("\n".join(f"{i:04d}" for i in range(9)))
+    (mixed / "splits" / "val.txt").write_text("0009\n0010\n0011\n")
+    raw = tiny_config(mixed, tmp_path / "run", dataset={"val_split": "val"})
+    raw["cache_dir"] = str(cache_dir)
+    config = parse_config(raw)
+    trainer = Trainer(config, progress=False)
+    selection_labels = np.asarray(trainer.data.selection.labels)
+    assert (selection_labels[2] == 255).all()  # '0011' has no labels: ignored everywhere
+    assert (selection_labels[:2] != 255).any(axis=(1, 2)).all()
+    train_labels = np.asarray(trainer.data.train.labels).reshape(9, 5, -1)
+    assert [bool((train_labels[i] != 255).any()) for i in range(9)] == [
+        f"{i:04d}" in labelled for i in range(9)
+    ]
+    result = trainer.run()
+    assert result.metrics["selection"]["criterion"] == "miou"
+    assert 0.0 < result.metrics["selection"]["miou"] <= 100.0
+    config_path = tmp_path / "cfg.yaml"
+    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = tmp_path / "eval"
+    args = ["--config", str(config_path), "--checkpoint", str(result.bundle_path)]
+    assert eval_main([*args, "--split", "val", "--out", str(out), "--no-progress"]) == 0
+    written = json.loads((out / "metrics.json").read_text())
+    assert (written["n_frames"], written["n_unlabelled_frames"]) == (2, 1)
+    assert written["miou"] == pytest.approx(result.metrics["selection"]["miou"], abs=0.5)
+    assert "2 labelled (1 unlabelled skipped)" in (out / "report.md").read_text()
+
+
+def test_a_collapsed_model_is_flagged_in_the_log_and_metrics(
+    data_root: Path, cache_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    trainer = Trainer(
+        _config(data_root, tmp_path / "run", cache_dir, train={"steps": 2, "val_every": 2}),
+        progress=False,
+    )
+    with torch.no_grad():
+        for module in trainer.heads.head.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.zero_()
+                module.bias.fill_(0.1)  # one code for every pixel
+    with caplog.at_level("WARNING", logger="unim2_core.training.trainer"):
+        record = trainer._validate()
+    assert record["health/collapsed"] is True
+    assert record["health/largest_cluster_share"] == 1.0
+    assert record["health/kmeans_largest_cluster_share"] <= 0.6
+    assert "clusters COLLAPSED" in caplog.text and "100% of the pixels" in caplog.text
+    warnings = [r for r in _log_records(tmp_path / "run") if r["kind"] == "warning"]
+    assert len(warnings) == 1 and "COLLAPSED" in str(warnings[0]["message"])
+
+
+def test_kmeans_cluster_fit_sets_unit_centroids_from_the_codes(
+    data_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    fitted = train(
+        _config(data_root, tmp_path / "km", cache_dir, model={"cluster_fit": "kmeans"}),
+        progress=False,
+    )
+    learned = train(_config(data_root, tmp_path / "probe", cache_dir), progress=False)
+    centroids = load_bundle(fitted.bundle_path).heads_state["cluster_probe.centroids"]
+    probe = load_bundle(learned.bundle_path).heads_state["cluster_probe.centroids"]
+    torch.testing.assert_close(centroids.norm(dim=1), torch.ones(len(centroids)))
+    assert not torch.allclose(probe.norm(dim=1), torch.ones(len(probe)), atol=1e-3)

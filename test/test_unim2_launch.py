@@ -12,6 +12,7 @@ ARGUMENTS = {
     "namespace",
     "rgb_topic",
     "depth_topic",
+    "depth_info_topic",
     "thermal_topic",
     "nir_topic",
     "aolp_topic",
@@ -63,7 +64,8 @@ def test_node_runs_the_package_executable_with_remapped_inputs() -> None:
     pairs = [pair for pair in remaps.elts if isinstance(pair, ast.Tuple)]
     assert len(pairs) == len(remaps.elts)
     sources = [ast.literal_eval(pair.elts[0]) for pair in pairs]
-    assert sources == [f"{m}/image" for m in ("rgb", "depth", "thermal", "nir", "aolp", "dolp")]
+    images = [f"{m}/image" for m in ("rgb", "depth", "thermal", "nir", "aolp", "dolp")]
+    assert sources == [*images, "depth/camera_info"]
 
 
 def test_every_referenced_file_exists_in_the_repository() -> None:

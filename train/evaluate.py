@@ -14,11 +14,20 @@ import argparse
 from pathlib import Path
 from typing import Any, cast
 
-from unim2_core.cli import add_config_arguments, run_cli
+from unim2_core.cli import (
+    add_config_arguments,
+    add_device_argument,
+    add_progress_argument,
+    add_restart_argument,
+    config_overrides,
+    run_cli,
+)
 from unim2_core.data.datasets import open_dataset
 from unim2_core.errors import ConfigError
 from unim2_core.evaluation.evaluate import (
+    METRICS_FILE,
     PROTOCOLS,
+    REPORT_FILE,
     EvalProtocol,
     evaluate_split,
     format_report,
@@ -71,9 +80,30 @@ def _open_split(config: TrainConfig, split: str | None) -> tuple[Any, str]:
     return splits.selection, splits.selection_name
 
 
+def _check_report_folder(out: Path) -> None:
+    """Refuse an output folder holding anything but an earlier report of this command.
+
+    A report writes ``metrics.json``: into a training run's folder it would silently replace
+    that run's final metrics.
+    """
+    if not out.is_dir():
+        if out.exists():
+            raise ConfigError(f"--out {str(out)!r} is a file, not a folder")
+        return
+    entries = sorted(p.name for p in out.iterdir())
+    if entries and REPORT_FILE not in entries:
+        shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+        raise ConfigError(
+            f"--out {str(out)!r} already holds files that are not an evaluation report "
+            f"({shown}); the report would replace its {METRICS_FILE}. Choose a new folder"
+        )
+
+
 def evaluate_checkpoint(args: argparse.Namespace) -> int:
     """Evaluate ``--checkpoint`` on a split and write the report."""
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, config_overrides(args))
+    if args.out:
+        _check_report_folder(Path(args.out))
     bundle = load_bundle(args.checkpoint)
     missing = [m for m in bundle.modalities if m not in config.modalities]
     if missing:
@@ -95,6 +125,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
         device=config.train.device,
         shorter_side=crop_size if protocol == "paper" else config.crops.shorter_side,
         apply_mapping=False,
+        cluster_order="code" if protocol == "paper" else "similarity",
     )
     frames, split_name = _open_split(config, args.split)
     report = evaluate_split(
@@ -108,6 +139,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
     )
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in split_name)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{safe}-{protocol}"
+    _check_report_folder(out)
     write_report(report, out)
     print(format_report(report), end="")
     print(f"report: {out}")
@@ -116,7 +148,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
 
 def run_baselines(args: argparse.Namespace) -> int:
     """Run the baseline variants and print the comparison table."""
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, config_overrides(args))
     variants = _parse_variants(args.variants) if args.variants else list(VARIANTS)
     out = Path(args.out) if args.out else Path(config.output_dir) / "baselines"
     table = compare(config, variants, out, restart=args.restart, progress=not args.no_progress)
@@ -158,11 +190,14 @@ def main(argv: list[str] | None = None) -> int:
         "--variants",
         help=f"comma-separated baseline variants (default: all of {','.join(VARIANTS)})",
     )
+    add_restart_argument(parser, "baselines: retrain variants from scratch")
     parser.add_argument(
-        "--restart", action="store_true", help="baselines: retrain variants from scratch"
+        "--out",
+        help="output folder, new or an earlier report of this command (default: "
+        "eval-<split>-<protocol> next to the checkpoint, or <output_dir>/baselines)",
     )
-    parser.add_argument("--out", help="output folder")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_device_argument(parser)
+    add_progress_argument(parser)
     args = parser.parse_args(argv)
     if args.baselines and (args.split or args.protocol or args.backbone_weights):
         parser.error("--split, --protocol and --backbone-weights apply to --checkpoint only")

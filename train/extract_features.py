@@ -14,7 +14,13 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from unim2_core.cli import add_config_arguments, run_cli
+from unim2_core.cli import (
+    add_config_arguments,
+    add_device_argument,
+    add_progress_argument,
+    config_overrides,
+    run_cli,
+)
 from unim2_core.model.backbone import load_backbone
 from unim2_core.training.config import load_config
 from unim2_core.training.distributed import init_from_environment, shutdown
@@ -24,13 +30,18 @@ from unim2_core.training.trainer import open_splits, prepare_caches
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and extract every split's features for the config."""
-    parser = argparse.ArgumentParser(prog="unim2_extract", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="unim2_extract",
+        description="Fill the feature caches of a config, optionally sharded with torchrun "
+        "(torchrun --nproc_per_node=N -m unim2_train.extract_features ...).",
+    )
     add_config_arguments(parser)
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_device_argument(parser)
+    add_progress_argument(parser)
     args = parser.parse_args(argv)
 
     def body() -> int:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, config_overrides(args))
         context = init_from_environment(config.train.device)
         try:
             backbone = load_backbone(
@@ -48,7 +59,13 @@ def main(argv: list[str] | None = None) -> int:
                 progress=not args.no_progress,
             )
             if context.rank == 0:
-                cached_neighbours(stores.train, keep=config.loss.knn_keep)
+                plan = cached_neighbours(
+                    stores.train,
+                    keep=config.loss.knn_keep,
+                    draw=config.loss.knn_neighbours,
+                    candidates=config.loss.knn_candidates,
+                )
+                print(plan.describe())
                 for store in (stores.train, stores.selection, stores.test):
                     if store is not None:
                         print(f"{store.path}: {store.n_views} views")

@@ -18,7 +18,13 @@ from typing import cast
 
 import optuna
 
-from unim2_core.cli import add_config_arguments, run_cli
+from unim2_core.cli import (
+    add_config_arguments,
+    add_device_argument,
+    add_progress_argument,
+    config_overrides,
+    run_cli,
+)
 from unim2_core.errors import ConfigError, SearchError
 from unim2_core.training.config import load_config
 from unim2_core.training.search import (
@@ -90,13 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         "--startup-trials", type=int, default=10, help="random trials before TPE (default 10)"
     )
     parser.add_argument("--no-prune", action="store_true", help="never stop a trial early")
-    parser.add_argument("--progress", action="store_true", help="show each trial's progress bar")
+    add_device_argument(parser)
+    add_progress_argument(parser)
+    parser.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)  # deprecated
     args = parser.parse_args(argv)
     if args.trials < 1:
         parser.error("--trials must be >= 1")
 
     def body() -> int:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, config_overrides(args))
         out = Path(args.out) if args.out else Path(config.output_dir) / "search"
         result = run_search(
             config,
@@ -108,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             pruner=optuna.pruners.NopPruner() if args.no_prune else None,
             startup_trials=args.startup_trials,
-            progress=args.progress,
+            progress=not args.no_progress,
         )
         print(format_result(result), end="")
         if result.best_number is None:

@@ -50,6 +50,32 @@ def atomic_output(path: str | Path) -> Iterator[BinaryIO]:
         raise
 
 
+@contextmanager
+def atomic_path(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path next to ``path`` that replaces it only if the block succeeds.
+
+    For writers that need a file name rather than a stream (a video encoder, safetensors'
+    ``save_file``). The temporary file exists, empty, with the mode a plain ``open()`` would
+    give; ``suffix`` keeps the extension a writer may look at. On any exception it is removed
+    and ``path`` is left as it was.
+
+    Raises:
+        OSError: the folder or file cannot be written (callers convert it at their boundary).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    temporary = Path(name)
+    try:
+        os.fchmod(handle, _new_file_mode())
+        os.close(handle)
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
     """Replace ``path`` with ``payload`` atomically."""
     with atomic_output(path) as stream:

@@ -41,3 +41,15 @@ class TrainingError(Unim2Error):
 
 class SearchError(Unim2Error):
     """A hyperparameter search cannot be created, resumed or completed."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A long command stopped on SIGINT / SIGTERM after saving what it needs to resume.
+
+    A KeyboardInterrupt, so code that cleans up on Ctrl-C does so; the message says where the
+    work stopped and ``signal_number`` which signal stopped it.
+    """
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.signal_number = signal_number

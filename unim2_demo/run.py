@@ -13,8 +13,9 @@ Stages, each printed as it starts, with its outputs under ``--out`` (default ``d
 6. score everything against the rendered ground truth and write ``report.md``.
 
 Stopped and started again, it keeps what is finished (bags, imported frames, cached features,
-trained models: training resumes from its last checkpoint) and redoes the rest; ``--fresh``
-starts over.
+trained models: training resumes from its last checkpoint) and redoes the rest; ``--restart``
+(old spelling ``--fresh``) deletes the demo and starts over, and refuses a folder that holds no
+demo.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import numpy as np
 import yaml
 
 from unim2_core.atomic import atomic_write_text
-from unim2_core.cli import run_cli
+from unim2_core.cli import add_progress_argument, add_restart_argument, run_cli
 from unim2_core.data.image_io import read_image
 from unim2_core.errors import Unim2Error
 from unim2_core.evaluation.replay_report import JSON_FILE, LABELS_DIR
@@ -347,13 +348,31 @@ def _claim_folder(out: Path, settings: DemoSettings) -> None:
             )
             raise DemoError(
                 f"{out} holds a demo made with other settings ({', '.join(changed)} differ); "
-                "pass --fresh to start over, or another --out"
+                "pass --restart to start over, or another --out"
             )
         return
     if out.exists() and any(out.iterdir()):
         raise DemoError(f"{out} is not empty and holds no demo; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(wanted, indent=2) + "\n")
+
+
+def _delete_demo(out: Path) -> None:
+    """Deletes a demo folder, refusing one that holds anything but a demo (no settings file).
+
+    Raises:
+        DemoError: ``out`` is a file, or a non-empty folder without ``demo_settings.json``.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise DemoError(f"--out {str(out)!r} is a file, not a demo folder")
+    if any(out.iterdir()) and not (out / SETTINGS_FILE).is_file():
+        raise DemoError(
+            f"--restart would delete {str(out)!r}, which holds no demo ({SETTINGS_FILE} is "
+            "missing); choose another --out"
+        )
+    shutil.rmtree(out)
 
 
 def run_demo(out: Path, settings: DemoSettings = DEMO_SETTINGS, *, progress: bool = True) -> Path:
@@ -418,7 +437,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)"
     )
-    parser.add_argument("--fresh", action="store_true", help="delete the output folder first")
+    add_restart_argument(
+        parser, "delete the demo in --out first (refused for a folder that holds no demo)"
+    )
     parser.add_argument(
         "--quick", action="store_true", help="tiny sizes: every stage in seconds (a smoke test)"
     )
@@ -427,7 +448,7 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="DDS domain of the node and the replay (default: ROS_DOMAIN_ID, else 1 + pid %% 100)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_progress_argument(parser)
     return parser
 
 
@@ -451,8 +472,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         domain_id = _isolate_dds(args.domain_id)
-        if args.fresh:
-            shutil.rmtree(args.out, ignore_errors=True)
+        if args.restart:
+            _delete_demo(args.out)
         print(f"unim2 demo into {args.out}/ (DDS domain {domain_id}, loopback only)", flush=True)
         report = run_demo(args.out, settings, progress=not args.no_progress)
         print(f"demo finished in {(time.monotonic() - start) / 60:.1f} min; report: {report}")

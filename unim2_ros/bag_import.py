@@ -13,23 +13,31 @@ frame keeps its stem whatever the subsampling. Each file is written atomically: 
 import keeps the frames already written, and running it again overwrites the same stems with
 the same content. ``--split NAME`` writes ``splits/NAME.txt`` listing the frames of this run.
 
+The output folder must be new, empty, hold only a ``dataset.yaml``, or be an earlier import of
+the same bag with the same settings (recorded in the hidden ``.unim2_import.json``): importing
+into any other folder would overwrite its files or mix two recordings, so it is refused unless
+``--append`` asks to add this bag's frames to an earlier import.
+
 Messages that cannot be decoded are skipped and counted (a warning lists them); a named topic
-missing from the bag, or of another type than sensor_msgs/msg/Image, is an error.
+missing from the bag, or of another type than sensor_msgs/msg/Image, is an error. An AoLP topic
+(32FC1 angle in radians, as the node takes it) is stored as the folder layout's (sin, cos) pair.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import numpy as np
 import yaml
 from tqdm import tqdm
 
 from unim2_core.atomic import atomic_write_text
-from unim2_core.cli import run_cli
+from unim2_core.cli import add_progress_argument, run_cli
 from unim2_core.data.datasets.base import FrameGroup
 from unim2_core.data.datasets.folder import (
     DATASET_YAML,
@@ -47,6 +55,8 @@ from unim2_ros.bag_io import (
 )
 
 _LISTED_SKIPS = 5
+IMPORT_RECORD = ".unim2_import.json"
+"""Hidden file (the dataset reader ignores it) listing the imports written into a folder."""
 
 
 class ImportSummary(NamedTuple):
@@ -72,6 +82,7 @@ def import_bag(
     slop: float = DEFAULT_SLOP,
     every: int = 1,
     split: str | None = None,
+    append: bool = False,
     progress: bool = False,
 ) -> ImportSummary:
     """Write every ``every``-th synchronised frame group of ``bag`` into the folder ``out``.
@@ -87,17 +98,28 @@ def import_bag(
         slop: Largest stamp spread of a group, in seconds.
         every: Keep one group in ``every``.
         split: Write ``splits/<split>.txt`` listing the frames written.
+        append: Add the frames to an earlier import of another bag in ``out``.
         progress: Show a progress bar on stderr.
 
     Raises:
         ValueError: ``every`` below 1, or a topic mapping or synchroniser argument the bag
             reader refuses.
         BagError: The bag cannot be read or lacks a named topic.
-        DataError: Class names missing or disagreeing with ``dataset.yaml``, no group found,
-            frames whose modalities differ in size, or a file that cannot be written.
+        DataError: ``out`` holds other files (see the module docstring), class names missing
+            or disagreeing with ``dataset.yaml``, no group found, frames whose modalities
+            differ in size, or a file that cannot be written.
     """
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every!r}")
+    source: dict[str, object] = {
+        "bag": str(Path(bag).resolve()),
+        "topics": dict(topics),
+        "labels": label_topic,
+        "slop": slop,
+        "queue_size": queue_size,
+        "every": every,
+    }
+    earlier = _check_output_folder(out, source, append=append)
     with BagReader(bag) as reader:
         stream = reader.frame_groups(
             topics, label_topic=label_topic, queue_size=queue_size, slop=slop
@@ -111,7 +133,14 @@ def import_bag(
             if index % every:
                 continue
             stem = f"{index:06d}_{frame.stamp_ns}"
-            write_frame_group(out, FrameGroup(stem, frame.arrays, frame.labels))
+            if append and source not in earlier and (out / "rgb" / f"{stem}.png").exists():
+                raise DataError(
+                    f"frame {stem!r} of bag {str(bag)!r} is already in {str(out)!r} from "
+                    "another import; import this bag into its own folder"
+                )
+            if not stems and source not in earlier:
+                _write_text(out / IMPORT_RECORD, json.dumps([*earlier, source], indent=2) + "\n")
+            write_frame_group(out, FrameGroup(stem, _folder_arrays(frame.arrays), frame.labels))
             stems.append(stem)
         stats = stream.stats()
     if not stems:
@@ -123,6 +152,52 @@ def import_bag(
     if split is not None:
         _write_text(out / SPLITS_DIR / f"{split}.txt", "".join(f"{s}\n" for s in stems))
     return ImportSummary(tuple(stems), stats)
+
+
+def _folder_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The bag's arrays in the folder convention: an AoLP angle (32FC1, radians in [0, pi])
+    becomes the float32 HxWx2 (sin, cos) pair the folder layout stores."""
+    converted = dict(arrays)
+    angle = converted.get("aolp")
+    if angle is not None and angle.ndim == 2:
+        converted["aolp"] = np.stack([np.sin(angle), np.cos(angle)], axis=-1).astype(np.float32)
+    return converted
+
+
+def _check_output_folder(out: Path, source: dict[str, object], *, append: bool) -> list[Any]:
+    """The imports recorded in ``out``, after refusing a folder this import would damage.
+
+    Raises:
+        DataError: ``out`` is a file, holds files but no import record (other data), or
+            holds an import of something else and ``append`` is not set.
+    """
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        raise DataError(f"--out {str(out)!r} is a file, not a folder")
+    record = out / IMPORT_RECORD
+    if record.is_file():
+        try:
+            earlier = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DataError(f"cannot read the import record {str(record)!r}: {err}") from err
+        if not isinstance(earlier, list):
+            raise DataError(f"{str(record)!r} is not an import record (a list)")
+        if source in earlier or append:
+            return earlier
+        raise DataError(
+            f"--out {str(out)!r} holds frames imported from {earlier[-1].get('bag')!r} (or "
+            "with other topics or settings); pass --append to add this bag's frames to them, "
+            "or choose a new folder"
+        )
+    others = sorted(p.name for p in out.iterdir() if p.name != DATASET_YAML)
+    if others:
+        shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+        raise DataError(
+            f"--out {str(out)!r} already holds files ({shown}) that no import wrote; importing "
+            "would overwrite or mix with them. Choose a new or empty folder"
+        )
+    return []
 
 
 def _prepare_dataset_yaml(out: Path, class_names: Sequence[str] | None) -> None:
@@ -218,7 +293,11 @@ def _positive_float(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, import the bag and print a summary."""
-    parser = argparse.ArgumentParser(prog="unim2_import_bag", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="unim2_import_bag",
+        description="Turn a robot's rosbag2 recording into training data: synchronised frame "
+        "groups written into the folder layout (dataset.kind: folder).",
+    )
     parser.add_argument("bag", type=Path, help="rosbag2 folder, .db3 or .mcap file")
     parser.add_argument("--out", required=True, type=Path, help="dataset folder to write")
     parser.add_argument(
@@ -252,7 +331,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--every", type=_positive_int, default=1, help="keep every N-th group")
     parser.add_argument("--split", help="write splits/SPLIT.txt listing the imported frames")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add this bag's frames to an earlier import in --out (default: --out must be new, "
+        "empty, or an earlier import of the same bag)",
+    )
+    add_progress_argument(parser)
     args = parser.parse_args(argv)
     topics = dict(args.topics)
     if len(topics) != len(args.topics):
@@ -273,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             slop=args.slop,
             every=args.every,
             split=args.split,
+            append=args.append,
             progress=not args.no_progress,
         )
         print(_format_summary(summary, args.bag, args.out, topics, args.split))

@@ -35,7 +35,7 @@ import sqlite3
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -62,6 +62,7 @@ from unim2_ros.image_conversion import (
     image_to_array,
     to_rgb8,
 )
+from unim2_ros.node_parameters import SPECS_BY_NAME
 
 __all__ = [
     "CAMERA_INFO_TYPE",
@@ -92,11 +93,12 @@ IMAGE_TYPE = "sensor_msgs/msg/Image"
 STRING_TYPE = "std_msgs/msg/String"
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 
-DEFAULT_QUEUE_SIZE = 10
-"""Synchroniser queue size per input, as message_filters' usual default."""
+DEFAULT_QUEUE_SIZE = int(cast(int, SPECS_BY_NAME["sync.queue_size"].default))
+"""Synchroniser queue size per input: the node's ``sync.queue_size`` default."""
 
-DEFAULT_SLOP = 0.02
-"""Largest stamp spread of a synchronised group, in seconds (well below a 30 Hz frame period)."""
+DEFAULT_SLOP = float(cast(float, SPECS_BY_NAME["sync.slop"].default))
+"""Largest stamp spread of a synchronised group, in seconds: the node's ``sync.slop`` default,
+so a bag imported for training groups its frames as the node would on the robot."""
 
 StorageFormat = Literal["sqlite3", "mcap"]
 QosPreset = Literal["default", "sensor_data", "latched"]
@@ -154,6 +156,7 @@ MODALITY_ENCODINGS: Mapping[str, frozenset[str]] = MappingProxyType(
         "depth": frozenset({"16UC1", "mono16", "32FC1"}),
         "thermal": frozenset({"mono8", "8UC1", "mono16", "16UC1", "32FC1"}),
         "nir": frozenset({"mono8", "8UC1", "mono16", "16UC1", "32FC1"}),
+        "aolp": frozenset({"32FC1"}),
         "dolp": frozenset({"32FC1"}),
     }
 )
@@ -161,8 +164,8 @@ MODALITY_ENCODINGS: Mapping[str, frozenset[str]] = MappingProxyType(
 
 ``rgb`` becomes uint8 RGB (bgr8 / rgba8 / bgra8 / mono8 are converted); depth 16UC1 / mono16 is
 uint16 millimetres and 32FC1 float32 metres; thermal and NIR keep their type (uint8, uint16
-counts, float32); DoLP is float32. AoLP has no Image encoding in the folder convention (float32
-(sin, cos) pairs) and cannot be read from a bag.
+counts, float32); AoLP (the angle, as the node takes it) and DoLP are float32 HxW. The folder
+layout stores AoLP as (sin, cos) pairs: ``unim2_import_bag`` converts the angle, in radians.
 """
 
 LABEL_ENCODINGS = frozenset({"mono8", "8UC1", "mono16", "16UC1"})

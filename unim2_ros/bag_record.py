@@ -28,11 +28,13 @@ import queue
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import rclpy
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.clock import Clock
 from rclpy.clock_type import ClockType
 from rclpy.context import Context
@@ -60,6 +62,9 @@ SUBSCRIPTION_DEPTH = 10
 
 DISCOVERY_PERIOD = 0.1
 """Seconds between looks at the graph for topics not yet subscribed."""
+
+NOT_SEEN_WARNING_S = 5.0
+"""Seconds after which topics that have not appeared are logged as a warning (once)."""
 
 _NS_PER_S = 1_000_000_000
 
@@ -168,7 +173,8 @@ class BagRecorder(Node):
 
     Raises:
         ValueError: No topic, or a limit that is not positive.
-        BagError: The bag cannot be created (e.g. ``output`` exists).
+        BagError: A topic name is invalid, or the bag cannot be created (e.g. ``output``
+            exists).
     """
 
     def __init__(
@@ -197,8 +203,8 @@ class BagRecorder(Node):
         self._accepted = 0
         self._msgtypes: dict[str, str] = {}
         self._not_recorded: dict[str, str] = {}
-        self._pending = {self.resolve_topic_name(topic) for topic in topics}
         try:
+            self._pending = {_resolved(self, topic) for topic in topics}
             self._writer = _WriterThread(self._path, storage)
         except BagError:
             super().destroy_node()
@@ -206,6 +212,8 @@ class BagRecorder(Node):
         for topic in sorted(self._pending):
             self._not_recorded[topic] = "never appeared"
             self.get_logger().info(f"waiting for topic {topic!r}")
+        self._started = time.monotonic()
+        self._warned = False
         self._discovery = self.create_timer(DISCOVERY_PERIOD, self._discover)
         if duration is not None:
             self._stop_timer = self.create_timer(
@@ -243,6 +251,13 @@ class BagRecorder(Node):
             self.get_logger().info(f"recording {topic!r} ({msgtype})")
         if not self._pending:
             self._discovery.cancel()
+        elif not self._warned and time.monotonic() - self._started > NOT_SEEN_WARNING_S:
+            self._warned = True
+            missing = ", ".join(repr(topic) for topic in sorted(self._pending))
+            self.get_logger().warning(
+                f"no publisher of {missing} after {NOT_SEEN_WARNING_S:g} s; still waiting "
+                "(check the names with ros2 topic list, and ROS_DOMAIN_ID)"
+            )
 
     def _on_message(self, topic: str, data: bytes) -> None:
         stamp = self.get_clock().now().nanoseconds
@@ -289,6 +304,19 @@ class BagRecorder(Node):
             self._writer.close()
         finally:
             super().destroy_node()
+
+
+def _resolved(node: Node, topic: str) -> str:
+    """``topic`` resolved in ``node``'s namespace.
+
+    Raises:
+        BagError: ``topic`` is not a valid ROS topic name (the message says why).
+    """
+    try:
+        return node.resolve_topic_name(topic)
+    except RCLError as err:
+        reason = str(err).removeprefix("failed to resolve name: ").split(", at ")[0]
+        raise BagError(f"invalid topic name {topic!r}: {reason}") from err
 
 
 def _add_topic(topic: str, msgtype: str, offered: list[Qos], writer: BagImageWriter) -> None:
@@ -384,7 +412,15 @@ def _parser() -> argparse.ArgumentParser:
         prog="unim2_record", description="Record ROS 2 topics into a rosbag2 (no ros2 bag needed)."
     )
     parser.add_argument("topics", nargs="+", metavar="TOPIC", help="topics to record")
-    parser.add_argument("-o", "--output", required=True, type=Path, help="bag folder to create")
+    parser.add_argument(
+        "--out",
+        "-o",
+        "--output",
+        dest="out",
+        required=True,
+        type=Path,
+        help="bag folder to create (-o / --output: old spellings)",
+    )
     parser.add_argument("--storage", choices=("sqlite3", "mcap"), default="sqlite3")
     parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     parser.add_argument(
@@ -426,7 +462,7 @@ def main(args: list[str] | None = None) -> int:
     try:
         with rclpy.init(args=argv):
             recorder = BagRecorder(
-                options.output,
+                options.out,
                 options.topics,
                 storage=options.storage,
                 max_messages=options.max_messages,
@@ -446,7 +482,14 @@ def main(args: list[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
-    print(_format_summary(recorder.summary()))
+    summary = recorder.summary()
+    print(_format_summary(summary))
+    if not any(summary.message_counts.values()):
+        reasons = [f"{topic!r} {why}" for topic, why in sorted(summary.not_recorded.items())]
+        why_empty = "; ".join(reasons) or "no message arrived"
+        message = f"nothing was recorded into {str(summary.path)!r}: {why_empty}"
+        print(f"ERROR: {message}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -13,14 +13,16 @@ it has read the checkpoint:
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, cast
 
 from unim2_core.data.encoding import EncodingKind, ModalityEncoding
+from unim2_core.device import DEVICE_HELP, device_problem
 from unim2_core.errors import ConfigError
-from unim2_core.runtime.segmenter import DEVICES, PRECISIONS, Device, Precision
+from unim2_core.runtime.segmenter import PRECISIONS, Device, Precision
 
 ParameterValue = bool | int | float | str | list[str]
 QosName = Literal["sensor_data", "reliable", "system_default"]
@@ -38,6 +40,7 @@ class ParameterSpec(NamedTuple):
         choices: Allowed values of a string parameter (empty: any).
         minimum: Smallest allowed number (inclusive), if limited.
         maximum: Largest allowed number (inclusive), if limited.
+        check: Further check of a value: why it is not allowed (after "must"), or None.
     """
 
     name: str
@@ -47,6 +50,7 @@ class ParameterSpec(NamedTuple):
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     maximum: float | None = None
+    check: Callable[[object], str | None] | None = None
 
 
 NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
@@ -66,9 +70,9 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec(
         "model.device",
         "auto",
-        "Where the model runs: cpu, cuda, or auto (cuda when available).",
+        f"Where the model runs: {DEVICE_HELP}.",
         read_only=True,
-        choices=tuple(DEVICES),
+        check=device_problem,
     ),
     ParameterSpec(
         "model.precision",
@@ -180,6 +184,7 @@ def encoding_parameter_names(modality: str) -> tuple[str, str]:
 
 _UNITS = {
     EncodingKind.DEPTH: "metres",
+    EncodingKind.DEPTH_HHA: "8-bit HHA units, 0-255",
     EncodingKind.AOLP: "input units of angles 0 and pi",
 }
 
@@ -225,6 +230,10 @@ def check_value(spec: ParameterSpec, value: object) -> str | None:
             return f"{spec.name} must be >= {spec.minimum}, got {value!r}"
         if spec.maximum is not None and value > spec.maximum:
             return f"{spec.name} must be <= {spec.maximum}, got {value!r}"
+    if spec.check is not None:
+        problem = spec.check(value)
+        if problem is not None:
+            return f"{spec.name} {problem}"
     return None
 
 
@@ -281,6 +290,60 @@ class NodeSettings:
             overlay_alpha=cast(float, checked["output.overlay_alpha"]),
             stream_timeout=cast(float, checked["diagnostics.stream_timeout"]),
         )
+
+
+_TYPE_NAMES = {bool: "bool", int: "integer", float: "double", str: "string", list: "string array"}
+_GROUPS = ("model", "sync", "qos", "output", "diagnostics", "inputs", "encoding")
+"""Parameter name prefixes of this node: a given parameter under one of them (or a close
+misspelling such as ``outputs``) that the node does not declare is refused at start-up."""
+
+
+def format_parameter_help(node_name: str = "unim2_node") -> str:
+    """The parameter section of ``unim2_node --help``, built from the table the node declares."""
+    lines = [
+        f"parameters (-p NAME:=VALUE, or --params-file FILE with the parameters under the "
+        f"node's name '{node_name}:' then 'ros__parameters:'):"
+    ]
+    specs = [*NODE_PARAMETERS, modalities_spec(["<the checkpoint's>"])]
+    for spec in specs:
+        kind = _TYPE_NAMES[type(spec.default)]
+        default = "required" if spec.default == "" else f"default {spec.default!r}"
+        mode = "read-only" if spec.read_only else "settable at run time"
+        limits = ""
+        if spec.choices:
+            limits = f"; one of {', '.join(spec.choices)}"
+        elif spec.minimum is not None and spec.maximum is not None:
+            limits = f"; {spec.minimum:g} to {spec.maximum:g}"
+        lines.append(f"  {spec.name} ({kind}, {default}, {mode}{limits})")
+        lines.append(f"      {spec.description}")
+    lines.append(
+        "  encoding.<modality>.low / encoding.<modality>.high (double, settable at run time)"
+    )
+    lines.append(
+        "      Normalisation range of each auxiliary modality of the checkpoint, in input units "
+        "(depth in metres); default: the checkpoint's."
+    )
+    return "\n".join(lines)
+
+
+def unknown_parameter_problem(name: str, known: Sequence[str]) -> str | None:
+    """Why a given parameter ``name`` is refused, or None when it is not this node's concern.
+
+    Names in the node's groups (``model.``, ``sync.``...) or close to one (``outputs.``,
+    ``sync.slope``) that the node does not declare are misspellings: left alone, they would
+    silently keep the default. Other names (``use_sim_time``) are left to rclpy.
+    """
+    if name in known:
+        return None
+    group = name.partition(".")[0]
+    near_group = difflib.get_close_matches(group, _GROUPS, n=1, cutoff=0.75)
+    if "." not in name and not difflib.get_close_matches(name, list(known), n=1, cutoff=0.8):
+        return None
+    if "." in name and not near_group:
+        return None
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown parameter {name!r}{hint}; this node's parameters: see unim2_node --help"
 
 
 def check_provided_modalities(needed: Sequence[str], provided: Sequence[str]) -> None:

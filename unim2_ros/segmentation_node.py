@@ -12,6 +12,10 @@ Topics:
 - ``~/labels`` (mono8; mono16 when there are more than 255 labels), ``~/colored`` (rgb8) and
   ``~/overlay`` (rgb8, built only while it has subscribers), QoS ``qos.output``. Every output
   carries the RGB input's header and has the input's resolution.
+- ``~/points`` (``sensor_msgs/PointCloud2``, QoS ``qos.output``), with ``points.enabled`` (or
+  a ``depth_hha`` checkpoint): x y z rgb label of the depth pixels in the camera frame, built
+  only while it has subscribers; ``<depth>/camera_info`` is then a synchronised input. See
+  :mod:`unim2_ros.point_cloud`.
 - ``~/label_info`` (``std_msgs/String``, reliable + transient local, depth 1: latched): the JSON
   document of :mod:`unim2_ros.label_info` (id -> name and colour, model identity).
 - ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``, 1 Hz): one status named
@@ -39,14 +43,17 @@ diagnostics (keys ``<topic> bad messages (<reason>)``) and logged at most every 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 import numpy as np
 import rclpy
+import yaml
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (
     FloatingPointRange,
@@ -54,7 +61,7 @@ from rcl_interfaces.msg import (
     ParameterDescriptor,
     SetParametersResult,
 )
-from rclpy._rclpy_pybind11 import RCLError
+from rclpy._rclpy_pybind11 import RCLError, UnknownROSArgsError
 from rclpy.clock import Clock
 from rclpy.clock_type import ClockType
 from rclpy.exceptions import InvalidHandle, ParameterException
@@ -68,10 +75,12 @@ from rclpy.qos import (
     qos_profile_sensor_data,
     qos_profile_system_default,
 )
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header, String
 
-from unim2_core.data.encoding import ModalityEncoding
+from unim2_core.data.camera import CameraIntrinsics
+from unim2_core.data.encoding import EncodingKind, ModalityEncoding
+from unim2_core.device import DEVICE_HELP
 from unim2_core.errors import (
     BackboneError,
     CheckpointError,
@@ -82,6 +91,7 @@ from unim2_core.errors import (
 from unim2_core.model.backbone import load_backbone
 from unim2_core.model.checkpoint import Bundle, load_bundle
 from unim2_core.runtime.latest_slot import LatestSlot
+from unim2_core.runtime.pointcloud import labelled_points
 from unim2_core.runtime.segmenter import Segmenter
 from unim2_core.runtime.sync import ApproximateTimeSynchronizer
 from unim2_core.runtime.visualize import colorize, overlay
@@ -90,6 +100,7 @@ from unim2_ros.frame_inputs import modality_array
 from unim2_ros.image_conversion import array_to_image, header_stamp_ns
 from unim2_ros.label_info import label_info_json
 from unim2_ros.node_parameters import (
+    MODALITIES_PARAMETER,
     NODE_PARAMETERS,
     NodeSettings,
     ParameterSpec,
@@ -98,9 +109,17 @@ from unim2_ros.node_parameters import (
     check_value,
     encoding_parameter_names,
     encoding_specs,
+    format_parameter_help,
     modalities_spec,
+    unknown_parameter_problem,
 )
 from unim2_ros.pipeline_monitor import PipelineMonitor
+from unim2_ros.point_cloud import (
+    POINTS_PARAMETERS,
+    camera_info_intrinsics,
+    depth_modality,
+    point_cloud_message,
+)
 
 SIZE_MISMATCH = "size_mismatch"
 INVALID_VALUES = "invalid_values"
@@ -113,6 +132,23 @@ class _Frame(NamedTuple):
 
     header: Header
     array: np.ndarray
+
+
+class _CameraFrame(NamedTuple):
+    """One converted camera_info message, as queued in the synchroniser after the images."""
+
+    header: Header
+    intrinsics: CameraIntrinsics
+
+
+_Synced = _Frame | _CameraFrame
+
+
+class _PointsOptions(NamedTuple):
+    """Run-time point cloud settings, swapped as a whole when a parameter changes."""
+
+    stride: int
+    max_range: float
 
 
 class _OutputOptions(NamedTuple):
@@ -136,6 +172,8 @@ def _descriptor(spec: ParameterSpec) -> ParameterDescriptor:
     descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
     if spec.choices:
         descriptor.additional_constraints = f"one of: {', '.join(spec.choices)}"
+    elif spec.name == "model.device":
+        descriptor.additional_constraints = DEVICE_HELP
     if spec.minimum is not None and spec.maximum is not None:
         if isinstance(spec.default, int) and not isinstance(spec.default, bool):
             descriptor.integer_range = [
@@ -174,6 +212,8 @@ def _load_segmenter(bundle: Bundle, settings: NodeSettings) -> Segmenter:
         ) from err
     except ValueError as err:
         raise ConfigError(f"parameter model.device {settings.device!r}: {err}") from err
+    except ConfigError as err:  # a device torch does not see
+        raise ConfigError(f"parameter model.device: {err}") from err
 
 
 class SegmentationNode(Node):
@@ -192,7 +232,7 @@ class SegmentationNode(Node):
 
     def __init__(self, node_name: str = "unim2_node", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        self._slot: LatestSlot[tuple[_Frame, ...]] = LatestSlot()
+        self._slot: LatestSlot[tuple[_Synced, ...]] = LatestSlot()
         self._worker: threading.Thread | None = None
         self._model: Segmenter | None = None
         try:
@@ -204,6 +244,7 @@ class SegmentationNode(Node):
     def _build(self) -> None:
         """Everything the constructor does, in order; a failure leaves nothing running."""
         self._specs = {spec.name: spec for spec in NODE_PARAMETERS}
+        self._refuse_unknown_parameters()
         settings = NodeSettings.from_parameters(
             {spec.name: self._declare(spec) for spec in NODE_PARAMETERS}
         )
@@ -229,6 +270,9 @@ class SegmentationNode(Node):
             reason = self._encoding_problem(modality, {})
             if reason is not None:
                 raise ConfigError(f"parameter {reason}")
+        self._refuse_unknown_parameters(known=list(self._specs))
+
+        self._declare_points(bundle.encodings)
 
         loaded = threading.Event()
         self._load_error: BaseException | None = None
@@ -265,6 +309,11 @@ class SegmentationNode(Node):
         )
         self._label_info_pub = self.create_publisher(String, "~/label_info", latched)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._points_pub = (
+            self.create_publisher(PointCloud2, "~/points", output_qos)
+            if self._points_enabled
+            else None
+        )
 
         self._sync = self._new_synchronizer(settings.slop, settings.queue_size)
         input_qos = _qos(settings.qos_input)
@@ -275,6 +324,11 @@ class SegmentationNode(Node):
             for index, modality in enumerate(self._modalities)
         ]
         self._topics = [sub.topic_name for sub in self._inputs]
+        if self._camera_modality is not None:
+            camera_info = self.create_subscription(
+                CameraInfo, f"{self._camera_modality}/camera_info", self._on_camera_info, input_qos
+            )
+            self._topics.append(camera_info.topic_name)
         self._monitor = PipelineMonitor(
             self._topics, start=time.monotonic(), stream_timeout=settings.stream_timeout
         )
@@ -303,6 +357,23 @@ class SegmentationNode(Node):
             f"{self._device_name} ({settings.precision}), {len(self._palette)} labels"
         )
 
+    def _refuse_unknown_parameters(self, *, known: list[str] | None = None) -> None:
+        """Refuses given parameters (params file, ``-p``) that look like this node's but are
+        not declared, e.g. ``sync.slope``: ignored, they would leave the default in force.
+
+        Before the checkpoint is read (``known`` None) the ``encoding.*`` names, which depend
+        on its modalities, are left for the second call.
+        """
+        early = known is None
+        if known is None:
+            known = [spec.name for spec in NODE_PARAMETERS] + [MODALITIES_PARAMETER]
+        for name in self._parameter_overrides:  # every value given to this node's name
+            if self.has_parameter(name) or (early and name.startswith("encoding.")):
+                continue
+            problem = unknown_parameter_problem(name, known)
+            if problem is not None:
+                raise ConfigError(problem)
+
     def _declare(self, spec: ParameterSpec) -> object:
         """Declares one parameter and returns its value (override or default)."""
         try:
@@ -316,8 +387,87 @@ class SegmentationNode(Node):
 
     def _new_synchronizer(
         self, slop: float, queue_size: int
-    ) -> ApproximateTimeSynchronizer[_Frame]:
-        return ApproximateTimeSynchronizer(len(self._modalities), queue_size=queue_size, slop=slop)
+    ) -> ApproximateTimeSynchronizer[_Synced]:
+        n_inputs = len(self._modalities) + (self._camera_modality is not None)
+        return ApproximateTimeSynchronizer(n_inputs, queue_size=queue_size, slop=slop)
+
+    # --- point cloud and camera_info ------------------------------------------------------
+
+    def _declare_points(self, encodings: dict[str, ModalityEncoding]) -> None:
+        """Declares ``points.*`` and decides whether camera_info is an input.
+
+        Raises:
+            ConfigError: ``points.enabled`` with a checkpoint that has no raw depth modality.
+        """
+        values = {}
+        for spec in POINTS_PARAMETERS:
+            self._specs[spec.name] = spec
+            values[spec.name] = self._declare(spec)
+        self._points_enabled = bool(values["points.enabled"])
+        self._points = _PointsOptions(
+            cast(int, values["points.stride"]), float(cast(float, values["points.max_range"]))
+        )
+        depth = depth_modality(encodings)
+        needs_intrinsics = any(e.kind is EncodingKind.DEPTH_HHA for e in encodings.values())
+        if self._points_enabled and depth is None:
+            raise ConfigError(
+                "parameter points.enabled: the checkpoint has no raw depth modality (encoding "
+                f"depth or depth_hha) to build points from; its modalities: {list(encodings)}"
+            )
+        self._camera_modality = depth if (self._points_enabled or needs_intrinsics) else None
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        """Converts one camera_info message and offers the group it completes to the model."""
+        index = len(self._modalities)
+        self._monitor.record_message(index, time.monotonic())
+        try:
+            intrinsics = camera_info_intrinsics(msg)
+        except EncodingError as err:
+            self._refuse(index, INVALID_VALUES, str(err))
+            return
+        stamp_ns = header_stamp_ns(msg.header)
+        group = self._sync.add(index, stamp_ns, _CameraFrame(msg.header, intrinsics))
+        if group is not None and self._slot.put(group):
+            self._monitor.record_stale_drop()
+
+    def _split_camera_info(
+        self, synced: tuple[_Synced, ...]
+    ) -> tuple[tuple[_Frame, ...], dict[str, CameraIntrinsics]]:
+        """The image frames of a synchronised group, and the depth camera's intrinsics."""
+        images = cast(tuple[_Frame, ...], synced[: len(self._modalities)])
+        if self._camera_modality is None:
+            return images, {}
+        camera = cast(_CameraFrame, synced[-1])
+        return images, {self._camera_modality: camera.intrinsics}
+
+    def _publish_points(
+        self,
+        rgb: _Frame,
+        arrays: dict[str, np.ndarray],
+        labels: np.ndarray,
+        intrinsics: dict[str, CameraIntrinsics],
+    ) -> None:
+        """Publishes ~/points when enabled and subscribed (the records are built only then)."""
+        publisher = self._points_pub
+        if publisher is None or self._camera_modality is None:
+            return
+        if publisher.get_subscription_count() == 0:
+            return
+        options = self._points
+        try:
+            points = labelled_points(
+                arrays[self._camera_modality],
+                rgb.array,
+                labels,
+                intrinsics[self._camera_modality],
+                stride=options.stride,
+                max_range=options.max_range,
+                name=self._camera_modality,
+            )
+        except EncodingError as err:
+            self._refuse(len(self._modalities), INVALID_VALUES, str(err))
+            return
+        publisher.publish(point_cloud_message(points, rgb.header))
 
     # --- subscription side ----------------------------------------------------------------
 
@@ -363,7 +513,8 @@ class SegmentationNode(Node):
         while (group := self._slot.take()) is not None:
             self._segment(segmenter, group)
 
-    def _segment(self, segmenter: Segmenter, group: tuple[_Frame, ...]) -> None:
+    def _segment(self, segmenter: Segmenter, synced: tuple[_Synced, ...]) -> None:
+        group, intrinsics = self._split_camera_info(synced)
         rgb = group[0]
         size = rgb.array.shape[:2]
         mismatched = [i for i, frame in enumerate(group) if frame.array.shape[:2] != size]
@@ -381,7 +532,7 @@ class SegmentationNode(Node):
         }
         start = time.perf_counter()
         try:
-            labels = segmenter(arrays).labels
+            labels = segmenter(arrays, intrinsics=intrinsics).labels
         except EncodingError as err:
             self._refuse(self._blame(err), INVALID_VALUES, str(err))
             return
@@ -394,6 +545,7 @@ class SegmentationNode(Node):
         inference_s = time.perf_counter() - start
         try:
             self._publish_outputs(rgb, labels)
+            self._publish_points(rgb, arrays, labels, intrinsics)
         except (InvalidHandle, RCLError):
             if self.context.ok():
                 raise
@@ -471,6 +623,11 @@ class SegmentationNode(Node):
                 self.get_parameter("output.overlay").value,
                 self.get_parameter("output.overlay_alpha").value,
             )
+        if names & {"points.stride", "points.max_range"}:
+            self._points = _PointsOptions(
+                self.get_parameter("points.stride").value,
+                self.get_parameter("points.max_range").value,
+            )
         if "diagnostics.stream_timeout" in names:
             self._monitor.set_stream_timeout(self.get_parameter("diagnostics.stream_timeout").value)
         for modality in self._modalities[1:]:
@@ -542,8 +699,64 @@ def spin_until_shutdown(node: Node) -> None:
             raise
 
 
+HELP_TEXT = """usage: unim2_node [-h] [--ros-args [-p NAME:=VALUE] [--params-file FILE] [-r A:=B]]
+
+Segments synchronised RGB + auxiliary camera images with a UniM2 checkpoint and publishes
+~/labels, ~/colored, ~/overlay, ~/label_info and /diagnostics. Inputs: rgb/image and
+<modality>/image for each auxiliary modality of the checkpoint (remap with -r).
+
+example:
+  unim2_node --ros-args --params-file config/unim2_node.yaml \\
+      -p model.checkpoint:=runs/my_robot/model.unim2.pt -r rgb/image:=/camera/color/image_raw
+"""
+
+
+def _wants_help(argv: list[str]) -> bool:
+    return any(arg in ("-h", "--help") for arg in argv)
+
+
+def _params_file_hint(argv: list[str], node_name: str) -> str | None:
+    """A warning when params files are given but none of them addresses ``node_name``.
+
+    rcl applies a file's parameters only to the nodes its top-level keys name (``unim2_node``,
+    ``/ns/unim2_node``, ``/**``, ``/**/unim2_node``...); under another name they are silently
+    ignored, and the node would start on defaults.
+    """
+    files = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--params-file"]
+    for i, arg in enumerate(argv[:-1]):
+        if arg in ("-r", "--remap") and argv[i + 1].startswith("__node:="):
+            node_name = argv[i + 1].partition(":=")[2]
+    names: list[str] = []
+    for path in files:
+        try:
+            document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return None  # rcl reports an unreadable file itself
+        if not isinstance(document, dict):
+            return None
+        names += [str(key) for key in document]
+    if not files or any(
+        fnmatch.fnmatchcase(node_name, name.rsplit("/", 1)[-1]) or name in ("/**", "/*", "**")
+        for name in names
+    ):
+        return None
+    return (
+        f"no parameter was given to this node's name {node_name!r}: the params file(s) "
+        f"{', '.join(files)} address only {names}; put the parameters under "
+        f"'{node_name}:' or '/**:'"
+    )
+
+
 def main(args: list[str] | None = None) -> int:
     """Runs the node until SIGINT / SIGTERM; a start-up error prints one line and returns 1."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if _wants_help(argv):
+        print(HELP_TEXT)
+        print(format_parameter_help())
+        return 0
+    hint = _params_file_hint(argv, "unim2_node")
+    if hint is not None:
+        print(f"WARNING: {hint}", file=sys.stderr)
     try:
         with rclpy.init(args=args):
             try:
@@ -551,7 +764,9 @@ def main(args: list[str] | None = None) -> int:
             except Unim2Error as err:
                 print(f"ERROR: {err}", file=sys.stderr)
                 return 1
-            except (KeyboardInterrupt, ExternalShutdownException, RCLError):
+            except KeyboardInterrupt:
+                return 0  # Ctrl-C while the model loads
+            except (ExternalShutdownException, RCLError):
                 if rclpy.ok():
                     raise
                 return 0  # SIGINT / SIGTERM while starting: rclpy shut the context down
@@ -559,9 +774,14 @@ def main(args: list[str] | None = None) -> int:
                 spin_until_shutdown(node)
             finally:
                 node.destroy_node()
+    except UnknownROSArgsError as err:
+        print(f"ERROR: unknown ROS arguments {err}; see unim2_node --help", file=sys.stderr)
+        return 1
     except RCLError as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 0  # Ctrl-C before rclpy's own handler was installed, or while it tears down
     return 0
 
 

@@ -9,6 +9,11 @@ Raw array conventions (what every dataset reader and the node hand over):
 
 - ``rgb``: uint8 HxWx3, RGB order.
 - ``hha``: uint8 HxWx3 precomputed HHA image (how the benchmarks feed depth).
+- ``depth_hha``: raw depth as for ``depth``, turned into HHA on the fly (``unim2_core.data.hha``)
+  with the camera's intrinsics: those passed with the frame (the node's ``camera_info``), else the
+  ones stored in the encoding (the training camera's). ``low`` / ``high`` are in the 8-bit units
+  of published HHA images (default 0 / 255, as for ``hha``), so the encoded image equals the
+  ``hha`` encoding of the same frame's precomputed HHA image.
 - ``depth``: uint16 HxW millimetres with 0 = invalid (REP 118 16UC1), or float32 HxW metres with
   NaN / Inf / <= 0 = invalid (32FC1). ``low`` / ``high`` are in metres; invalid pixels encode
   as 0. A frame without a single valid pixel is refused.
@@ -29,6 +34,8 @@ from enum import Enum
 
 import numpy as np
 
+from unim2_core.data.camera import CameraIntrinsics
+from unim2_core.data.hha import hha_from_depth
 from unim2_core.errors import ConfigError, EncodingError
 
 
@@ -38,6 +45,7 @@ class EncodingKind(str, Enum):
     RGB = "rgb"
     HHA = "hha"
     DEPTH = "depth"
+    DEPTH_HHA = "depth_hha"
     THERMAL = "thermal"
     NIR = "nir"
     AOLP = "aolp"
@@ -53,6 +61,7 @@ _DEFAULT_DTYPE: dict[EncodingKind, InputDtype] = {
     EncodingKind.RGB: "uint8",
     EncodingKind.HHA: "uint8",
     EncodingKind.DEPTH: "any",
+    EncodingKind.DEPTH_HHA: "any",
     EncodingKind.THERMAL: "uint8",
     EncodingKind.NIR: "uint8",
     EncodingKind.AOLP: "float32",
@@ -63,6 +72,7 @@ _DEFAULT_RANGE: dict[tuple[EncodingKind, InputDtype], tuple[float, float]] = {
     (EncodingKind.RGB, "uint8"): (0.0, 255.0),
     (EncodingKind.HHA, "uint8"): (0.0, 255.0),
     (EncodingKind.DEPTH, "any"): (0.0, 10.0),
+    (EncodingKind.DEPTH_HHA, "any"): (0.0, 255.0),
     (EncodingKind.THERMAL, "uint8"): (0.0, 255.0),
     (EncodingKind.THERMAL, "uint16"): (0.0, 65535.0),
     (EncodingKind.THERMAL, "float32"): (-20.0, 60.0),
@@ -86,12 +96,15 @@ class ModalityEncoding:
 
     Build with ``ModalityEncoding.default(kind)`` and override ``low`` / ``high`` /
     ``input_dtype`` for a particular sensor; the values travel inside the checkpoint.
+    ``intrinsics`` (``depth_hha`` only) are the camera the training frames were recorded with;
+    a frame that brings its own intrinsics (the node's ``camera_info``) uses those instead.
     """
 
     kind: EncodingKind
     input_dtype: InputDtype
     low: float
     high: float
+    intrinsics: CameraIntrinsics | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, EncodingKind):
@@ -106,6 +119,10 @@ class ModalityEncoding:
             raise ConfigError(
                 f"{self.kind.value} encoding needs finite low < high, got "
                 f"low={self.low!r} high={self.high!r}"
+            )
+        if self.intrinsics is not None and self.kind is not EncodingKind.DEPTH_HHA:
+            raise ConfigError(
+                f"{self.kind.value} encoding takes no intrinsics (only depth_hha does)"
             )
 
     @classmethod
@@ -127,14 +144,17 @@ class ModalityEncoding:
         low, high = _DEFAULT_RANGE[(kind, dtype)]
         return cls(kind=kind, input_dtype=dtype, low=low, high=high)
 
-    def to_dict(self) -> dict[str, str | float]:
-        """Plain-type form stored in checkpoints and YAML."""
-        return {
+    def to_dict(self) -> dict[str, str | float | list[float]]:
+        """Plain-type form stored in checkpoints and YAML (``intrinsics`` only when set)."""
+        data: dict[str, str | float | list[float]] = {
             "kind": self.kind.value,
             "input_dtype": self.input_dtype,
             "low": float(self.low),
             "high": float(self.high),
         }
+        if self.intrinsics is not None:
+            data["intrinsics"] = self.intrinsics.to_list()
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object], *, where: str = "encoding") -> ModalityEncoding:
@@ -144,7 +164,7 @@ class ModalityEncoding:
             ConfigError: unknown key, unknown kind or dtype, or non-numeric constants; the
                 message names ``where`` and the key.
         """
-        unknown = set(data) - {"kind", "input_dtype", "low", "high"}
+        unknown = set(data) - {"kind", "input_dtype", "low", "high", "intrinsics"}
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
         if "kind" not in data:
@@ -162,21 +182,41 @@ class ModalityEncoding:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{where}.{key} must be a number, got {value!r}")
             bounds[key] = float(value)
+        intrinsics = None
+        if data.get("intrinsics") is not None:
+            values = data["intrinsics"]
+            if not isinstance(values, (list, tuple)):
+                raise ConfigError(
+                    f"{where}.intrinsics must be a list [fx, fy, cx, cy, width, height], "
+                    f"got {values!r}"
+                )
+            intrinsics = CameraIntrinsics.from_values(values, where=f"{where}.intrinsics")
         try:
-            return cls(kind=base.kind, input_dtype=base.input_dtype, **bounds)
+            return cls(
+                kind=base.kind, input_dtype=base.input_dtype, intrinsics=intrinsics, **bounds
+            )
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from err
 
-    def encode(self, array: np.ndarray, *, name: str | None = None) -> np.ndarray:
+    def encode(
+        self,
+        array: np.ndarray,
+        *,
+        name: str | None = None,
+        intrinsics: CameraIntrinsics | None = None,
+    ) -> np.ndarray:
         """Encode one raw array into a float32 HxWx3 image in [0, 1].
 
         Args:
             array: The raw modality array, in the conventions of this module's docstring.
             name: The modality's name, used in error messages (defaults to the kind).
+            intrinsics: The frame's camera intrinsics (``depth_hha``; other kinds ignore
+                them); None uses the encoding's stored ones.
 
         Raises:
             EncodingError: wrong dtype or shape, empty array, non-finite values where they
-                are not allowed, or a depth frame without any valid pixel.
+                are not allowed, a depth frame without any valid pixel, or a ``depth_hha``
+                frame without intrinsics.
         """
         label = name or self.kind.value
         if not isinstance(array, np.ndarray):
@@ -190,6 +230,8 @@ class ModalityEncoding:
         channel = _single_channel(array, label)
         if self.kind is EncodingKind.DEPTH:
             return self._encode_depth(channel, label)
+        if self.kind is EncodingKind.DEPTH_HHA:
+            return self._encode_depth_hha(channel, label, intrinsics or self.intrinsics)
         self._check_dtype(channel, label)
         values = channel.astype(np.float32)
         if not np.isfinite(values).all():
@@ -233,6 +275,18 @@ class ModalityEncoding:
         np.clip(unit, 0.0, 1.0, out=unit)
         unit[~valid] = 0.0
         return _repeat3(unit)
+
+    def _encode_depth_hha(
+        self, array: np.ndarray, label: str, intrinsics: CameraIntrinsics | None
+    ) -> np.ndarray:
+        if intrinsics is None:
+            raise EncodingError(
+                f"{label}: the depth_hha encoding needs the camera's intrinsics (camera_info in "
+                "the node, 'intrinsics' in the training config's encoding)"
+            )
+        hha = hha_from_depth(array, intrinsics, name=label)
+        unit = (hha - np.float32(self.low)) / np.float32(self.high - self.low)
+        return np.clip(unit, 0.0, 1.0, out=unit)
 
     def _encode_sin_cos(self, array: np.ndarray, label: str) -> np.ndarray:
         if array.shape[2] != 2 or array.dtype != np.float32:

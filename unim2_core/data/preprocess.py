@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from unim2_core.data.camera import CameraIntrinsics
 from unim2_core.data.encoding import ModalityEncoding, check_group
 from unim2_core.errors import ConfigError
 
@@ -82,18 +83,28 @@ def processing_size(
 
 
 def encode_group(
-    arrays: Mapping[str, np.ndarray], encodings: Mapping[str, ModalityEncoding]
+    arrays: Mapping[str, np.ndarray],
+    encodings: Mapping[str, ModalityEncoding],
+    *,
+    intrinsics: Mapping[str, CameraIntrinsics] | None = None,
 ) -> np.ndarray:
     """Encode every modality of one frame group (in ``encodings`` order) -> float32 [M, H, W, 3].
+
+    Args:
+        arrays: Raw arrays by modality name.
+        encodings: Encodings by modality name, in model order.
+        intrinsics: Per-modality camera intrinsics of this frame (the node's ``camera_info``);
+            a modality without an entry uses its encoding's stored intrinsics, if it needs any.
 
     Raises:
         EncodingError: a modality is missing, sizes differ, or an array cannot be encoded.
     """
     names = list(encodings)
     height, width = check_group(arrays, names)
+    cameras = intrinsics or {}
     out = np.empty((len(names), height, width, 3), dtype=np.float32)
     for index, name in enumerate(names):
-        out[index] = encodings[name].encode(arrays[name], name=name)
+        out[index] = encodings[name].encode(arrays[name], name=name, intrinsics=cameras.get(name))
     return out
 
 

@@ -80,8 +80,14 @@ def describe_selection(bundle: Bundle) -> Selection:
     split = selection.get("split")
     step = selection.get("step")
     on_test = chosen == "test" or (isinstance(split, str) and "(selected on test)" in split)
+    criterion = selection.get("criterion")
     if split is None:
         note = f"no labelled selection split: heads of the last step ({step})"
+    elif selection.get("labelled") is False:
+        note = (
+            f"checkpoint selected on {split!r} at step {step} by the label-free criterion "
+            f"{criterion!r} (the split has no labels)"
+        )
     else:
         note = f"checkpoint selected on {split!r} at step {step}"
         if on_test:
@@ -89,6 +95,9 @@ def describe_selection(bundle: Bundle) -> Selection:
                 f"SELECTED ON TEST: {note}; scores on the test split are optimistic and not "
                 "comparable to validation-selected results"
             )
+    health = bundle.metrics.get("health")
+    if bundle.metrics.get("collapsed") is True and isinstance(health, dict):
+        note = f"{note}; COLLAPSED at the end of training: {health.get('collapse_reason')}"
     return Selection(split, step, on_test, note)
 
 
@@ -120,13 +129,14 @@ class EvaluationReport(NamedTuple):
         split: Split name.
         protocol: ``paper`` or ``full``.
         crop_size: Paper-protocol crop size (None for ``full``).
-        n_frames: Number of frames evaluated.
+        n_frames: Number of (labelled) frames evaluated.
         class_names: Class names of the dataset.
         palette: [n_classes, 3] uint8 class colours.
         selection: How the checkpoint was selected.
         frame_scores: Every frame's scores under the global mapping, in split order.
         best: The best frames (highest mIoU first), with their images.
         worst: The worst frames (lowest mIoU first), with their images.
+        n_unlabelled: Frames of the split skipped because they have no labels.
     """
 
     scores: SegmentationScores
@@ -141,6 +151,7 @@ class EvaluationReport(NamedTuple):
     frame_scores: tuple[FrameScore, ...]
     best: tuple[FrameView, ...]
     worst: tuple[FrameView, ...]
+    n_unlabelled: int = 0
 
 
 def score_with_mapping(confusion: np.ndarray, mapping: np.ndarray) -> tuple[float, float]:
@@ -217,7 +228,8 @@ def evaluate_split(
 
     Raises:
         ValueError: unknown protocol, non-positive crop size, or negative ``keep_frames``.
-        DataError: a frame is missing, unreadable, inconsistent or unlabelled, or holds labels
+        DataError: a frame is missing, unreadable or inconsistent, no frame is labelled
+            (unlabelled frames of a mixed split are skipped and counted), or one holds labels
             outside the class range (the message names the file or frame); or the split is
             empty.
     """
@@ -235,8 +247,12 @@ def evaluate_split(
     n_classes = len(info.class_names)
     n_clusters = segmenter.bundle.heads_config.n_clusters
     per_frame = np.zeros((n_frames, n_clusters, n_classes), dtype=np.int64)
+    labelled: list[int] = []
     for index in tqdm(range(n_frames), desc=f"eval {name}", disable=not progress):
         group = dataset[index]
+        if group.labels is None:
+            continue  # a mixed split: only its labelled frames are scored
+        labelled.append(index)
         _, labels, predicted = _segment(segmenter, group, protocol, crop_size)
         try:
             per_frame[index] = confusion_matrix(
@@ -248,11 +264,16 @@ def evaluate_split(
             )
         except DataError as err:
             raise DataError(f"frame {group.stem!r} of split {name!r}: {err}") from err
+    if not labelled:
+        raise DataError(
+            f"frame {dataset.stems[0]!r} has no labels, nor has any other frame of split "
+            f"{name!r}; evaluation needs labelled frames"
+        )
     confusion = per_frame.sum(axis=0)
     scores = score(confusion)
     frame_scores = tuple(
         FrameScore(i, str(dataset.stems[i]), *score_with_mapping(per_frame[i], scores.mapping))
-        for i in range(n_frames)
+        for i in labelled
     )
     ranked = sorted(
         (f for f in frame_scores if not math.isnan(f.miou)),
@@ -276,7 +297,8 @@ def evaluate_split(
         split=name,
         protocol=protocol,
         crop_size=crop_size if protocol == "paper" else None,
-        n_frames=n_frames,
+        n_frames=len(labelled),
+        n_unlabelled=n_frames - len(labelled),
         class_names=tuple(info.class_names),
         palette=np.asarray(info.palette, dtype=np.uint8),
         selection=describe_selection(segmenter.bundle),
@@ -307,6 +329,7 @@ def report_dict(report: EvaluationReport, *, class_names: Sequence[str]) -> dict
         "protocol": report.protocol,
         "crop_size": report.crop_size,
         "n_frames": report.n_frames,
+        "n_unlabelled_frames": report.n_unlabelled,
         "miou": report.scores.miou,
         "accuracy": report.scores.accuracy,
         "per_class_iou": {
@@ -337,7 +360,8 @@ def format_report(report: EvaluationReport, *, class_names: Sequence[str] | None
         f"# Evaluation on split {report.split!r}",
         "",
         f"- protocol: {_protocol_text(report)}",
-        f"- frames: {report.n_frames}",
+        f"- frames: {report.n_frames}"
+        + (f" labelled ({report.n_unlabelled} unlabelled skipped)" if report.n_unlabelled else ""),
         f"- selection: {report.selection.note}",
         f"- **mIoU {report.scores.miou:.2f}**, pixel accuracy {report.scores.accuracy:.2f} "
         "(Hungarian-matched, one confusion matrix over the split)",

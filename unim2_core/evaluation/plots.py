@@ -104,7 +104,7 @@ def write_training_plots(run_dir: str | Path) -> list[Path]:
     if not train:
         raise TrainingError(f"{str(log_path)!r} holds no training record to plot")
     written = [save_figure(loss_figure(train), run_dir / LOSS_PLOT)]
-    if val:
+    if any("miou" in record for record in val):
         written.append(save_figure(validation_figure(val), run_dir / VAL_PLOT))
     return written
 

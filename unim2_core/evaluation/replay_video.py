@@ -6,9 +6,8 @@ RGB header stamps, padded to even sides (the encoder crops odd ones) and written
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from unim2_core.atomic import atomic_path
 from unim2_core.errors import DataError
 
 __all__ = ["DEFAULT_FPS", "fps_from_stamps", "write_video"]
@@ -64,46 +64,30 @@ def write_video(frames: Iterable[npt.ArrayLike], path: str | Path, *, fps: float
         raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
     path = Path(path)
     writer: Any = None
-    temporary: Path | None = None
     size: tuple[int, int] = (0, 0)
     count = 0
     try:
-        for frame in frames:
-            image = np.asarray(frame)
-            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                raise ValueError(
-                    f"video frames must be HxWx3 uint8, got {image.dtype} {image.shape}"
-                )
-            if writer is None:
-                size = _even_size(image)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                handle, name = tempfile.mkstemp(
-                    dir=path.parent, prefix=f".{path.stem}.", suffix=".mp4"
-                )
-                os.close(handle)
-                temporary = Path(name)
-                fourcc = cv2.VideoWriter.fourcc(*_VIDEO_CODEC)
-                writer = cv2.VideoWriter(str(temporary), fourcc, float(fps), size)
-                if not writer.isOpened():
-                    raise DataError(
-                        f"cannot open an {_VIDEO_CODEC} video encoder for {str(path)!r}"
+        with contextlib.ExitStack() as stack:
+            for frame in frames:
+                image = np.asarray(frame)
+                if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                    raise ValueError(
+                        f"video frames must be HxWx3 uint8, got {image.dtype} {image.shape}"
                     )
-            writer.write(_video_frame(image, size))
-            count += 1
-        if writer is None:
-            return 0
-        writer.release()
-        writer = None
-        assert temporary is not None
-        os.replace(temporary, path)
-        temporary = None
+                if writer is None:
+                    size = _even_size(image)
+                    temporary = stack.enter_context(atomic_path(path, suffix=".mp4"))
+                    fourcc = cv2.VideoWriter.fourcc(*_VIDEO_CODEC)
+                    writer = cv2.VideoWriter(str(temporary), fourcc, float(fps), size)
+                    stack.callback(writer.release)  # runs before the rename
+                    if not writer.isOpened():
+                        raise DataError(
+                            f"cannot open an {_VIDEO_CODEC} video encoder for {str(path)!r}"
+                        )
+                writer.write(_video_frame(image, size))
+                count += 1
     except OSError as err:
         raise DataError(f"cannot write video {str(path)!r}: {err}") from err
-    finally:
-        if writer is not None:
-            writer.release()
-        if temporary is not None:
-            temporary.unlink(missing_ok=True)
     return count
 
 

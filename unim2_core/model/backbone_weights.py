@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import pickle
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from transformers import Dinov2Config, Dinov2Model, DINOv3ViTConfig, DINOv3ViTMo
 from transformers.initialization import no_init_weights
 
 from unim2_core.errors import BackboneError
+from unim2_core.torch_files import load_torch_file
 
 Family = Literal["dinov3", "dinov2"]
 Shapes = dict[str, tuple[int, ...]]
@@ -463,13 +463,15 @@ def _convert_meta(state_dict: Mapping[str, Tensor], arch: BackboneArch) -> dict[
 
 def _read_tensor_file(path: Path) -> dict[str, Tensor]:
     """Read a safetensors file or a torch-pickled state dict (safely: weights only)."""
-    try:
-        if path.suffix == ".safetensors":
-            loaded: object = load_safetensors(path)
-        else:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise BackboneError(f"cannot read backbone weights {str(path)!r}: {err}") from err
+    if path.suffix != ".safetensors":
+        loaded: object = load_torch_file(
+            path, what="a backbone weight file", error=BackboneError
+        )
+    else:
+        try:
+            loaded = load_safetensors(path)
+        except (OSError, SafetensorError) as err:
+            raise BackboneError(f"cannot read backbone weights {str(path)!r}: {err}") from err
     if not isinstance(loaded, Mapping) or not all(
         isinstance(key, str) and isinstance(value, Tensor) for key, value in loaded.items()
     ):

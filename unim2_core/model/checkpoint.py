@@ -10,12 +10,10 @@ weights is an error that says which field differs.
 from __future__ import annotations
 
 import datetime as dt
-import pickle
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -27,6 +25,7 @@ from unim2_core.data.preprocess import PreprocessConfig
 from unim2_core.errors import BackboneError, CheckpointError, ConfigError
 from unim2_core.model.backbone import BackboneIdentity
 from unim2_core.model.heads import HeadsConfig, UniM2Heads
+from unim2_core.torch_files import load_torch_file
 
 FORMAT_NAME = "unim2-checkpoint"
 FORMAT_VERSION = 1
@@ -299,13 +298,5 @@ def load_bundle(path: str | Path) -> Bundle:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {str(path)!r}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"refusing {str(path)!r}: it holds pickled objects other than plain data and "
-            f"tensors, which would execute code on load ({err})"
-        ) from err
-    except (OSError, RuntimeError, EOFError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {err}") from err
-    return Bundle.from_dict(data, source=repr(str(path)))
+    data = load_torch_file(path, what="a unim2 checkpoint", error=CheckpointError)
+    return Bundle.from_dict(cast(Mapping[str, Any], data), source=repr(str(path)))

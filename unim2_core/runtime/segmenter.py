@@ -16,14 +16,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from unim2_core.data.camera import CameraIntrinsics
 from unim2_core.data.encoding import ModalityEncoding, check_group
 from unim2_core.data.preprocess import encode_group, processing_size, to_backbone_batch
+from unim2_core.device import resolve_device
 from unim2_core.model.backbone import Backbone, load_backbone
 from unim2_core.model.checkpoint import Bundle, load_bundle
 
-Device = Literal["cpu", "cuda", "auto"]
+Device = str
+"""A device name checked by :func:`unim2_core.device.resolve_device` (``cuda:1``...)."""
 Precision = Literal["fp32", "fp16", "bf16"]
-DEVICES: tuple[Device, ...] = ("cpu", "cuda", "auto")
+ClusterOrder = Literal["similarity", "code"]
+CLUSTER_ORDERS: tuple[ClusterOrder, ...] = ("similarity", "code")
 PRECISIONS: dict[Precision, torch.dtype] = {
     "fp32": torch.float32,
     "fp16": torch.float16,
@@ -85,15 +89,31 @@ def clusters_from_similarity(
     return clusters, best
 
 
-def resolve_device(device: Device) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a ValueError."""
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but torch sees no CUDA GPU")
-    return torch.device(device)
+def clusters_from_code(
+    code: Tensor, centroids: Tensor, *, output_size: tuple[int, int]
+) -> tuple[Tensor, Tensor]:
+    """Cluster ids and their cosine similarity in the reference implementation's order.
+
+    The paper's evaluation (STEGO / UniM2 reference) upsamples the code bilinearly to the label
+    size, L2-normalises every upsampled pixel code and only then takes the cosine with the
+    centroids. ``clusters_from_similarity`` (the node's fast path) takes the cosine at feature
+    resolution and upsamples the K similarities instead; the two disagree near cluster borders
+    (on random codes a few percent of pixels), so ``eval.protocol: paper`` uses this order.
+
+    Args:
+        code: [B, D, h, w] codes at feature resolution (any norm).
+        centroids: [K, D] centroids (any norm).
+        output_size: Label size (H, W) the code is upsampled to.
+
+    Returns:
+        ``(clusters [B, H, W] int64, best [B, H, W] float)``.
+    """
+    upsampled = F.interpolate(code, size=output_size, mode="bilinear", align_corners=False)
+    similarity = torch.einsum(
+        "bdhw,kd->bkhw", F.normalize(upsampled, dim=1), F.normalize(centroids, dim=1)
+    )  # [B, K, H, W]
+    best, clusters = similarity.max(dim=1)
+    return clusters, best
 
 
 class Segmenter:
@@ -102,17 +122,22 @@ class Segmenter:
     Args:
         bundle: The trained heads and their settings.
         backbone: The frozen backbone; its identity must match the bundle's.
-        device: ``cpu``, ``cuda`` or ``auto``.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         precision: Backbone precision (``fp32``, ``fp16``, ``bf16``); the small heads always run
             in fp32.
         shorter_side: Processing resolution (shorter side, rounded to the patch size); the
             bundle's default when None.
         apply_mapping: Output class ids through the bundle's cluster -> class mapping when it has
             one; False gives raw cluster ids (what the Hungarian evaluator needs).
+        cluster_order: ``similarity`` (default, the node's fast path: cosine at feature
+            resolution, similarities upsampled, see ``clusters_from_similarity``) or ``code``
+            (the reference's order: code upsampled to the output size, normalised, then the
+            cosine, see ``clusters_from_code``; what ``eval.protocol: paper`` uses).
 
     Raises:
         CheckpointError: the backbone does not match the bundle.
-        ValueError: an unknown device or precision, or a non-positive resolution.
+        ConfigError: an unknown device, or one torch does not see.
+        ValueError: an unknown precision or cluster order, or a non-positive resolution.
     """
 
     def __init__(
@@ -124,8 +149,14 @@ class Segmenter:
         precision: Precision = "fp32",
         shorter_side: int | None = None,
         apply_mapping: bool = True,
+        cluster_order: ClusterOrder = "similarity",
     ) -> None:
         bundle.check_compatible(backbone=backbone.identity)
+        if cluster_order not in CLUSTER_ORDERS:
+            raise ValueError(
+                f"cluster_order must be one of {CLUSTER_ORDERS}, got {cluster_order!r}"
+            )
+        self.cluster_order = cluster_order
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         if shorter_side is not None and shorter_side < 1:
@@ -187,9 +218,18 @@ class Segmenter:
         )
 
     @torch.inference_mode()
-    def code(self, arrays: Mapping[str, np.ndarray]) -> Tensor:
-        """The code map of one frame group, [1, D, h, w] at feature resolution."""
-        encoded = encode_group(arrays, self.encodings)  # [M, H, W, 3]
+    def code(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        *,
+        intrinsics: Mapping[str, CameraIntrinsics] | None = None,
+    ) -> Tensor:
+        """The code map of one frame group, [1, D, h, w] at feature resolution.
+
+        ``intrinsics``: the frame's camera intrinsics per modality, for encodings that use
+        them (``depth_hha``); see ``preprocess.encode_group``.
+        """
+        encoded = encode_group(arrays, self.encodings, intrinsics=intrinsics)  # [M, H, W, 3]
         size = self.processing_size(encoded.shape[1], encoded.shape[2])
         pixels = to_backbone_batch(
             encoded,
@@ -204,20 +244,31 @@ class Segmenter:
 
     @torch.inference_mode()
     def __call__(
-        self, arrays: Mapping[str, np.ndarray], *, with_confidence: bool = False
+        self,
+        arrays: Mapping[str, np.ndarray],
+        *,
+        with_confidence: bool = False,
+        intrinsics: Mapping[str, CameraIntrinsics] | None = None,
     ) -> SegmentationResult:
         """Segment one frame group of raw arrays (robot units, see ``encoding``).
+
+        ``intrinsics``: the frame's camera intrinsics per modality (``depth_hha``).
 
         Raises:
             EncodingError: a modality is missing, sizes differ, or an array is invalid.
         """
         height, width = check_group(arrays, self.modalities)
-        similarity = self.heads.cluster_probe.similarity(self.code(arrays))  # [1, K, h, w]
-        clusters, best = clusters_from_similarity(
-            similarity,
-            processing_size=self.processing_size(height, width),
-            output_size=(height, width),
-        )
+        code = self.code(arrays, intrinsics=intrinsics)  # [1, D, h, w]
+        if self.cluster_order == "code":
+            clusters, best = clusters_from_code(
+                code, self.heads.cluster_probe.centroids, output_size=(height, width)
+            )
+        else:
+            clusters, best = clusters_from_similarity(
+                self.heads.cluster_probe.similarity(code),  # [1, K, h, w]
+                processing_size=self.processing_size(height, width),
+                output_size=(height, width),
+            )
         labels = self._lookup[clusters[0]].to("cpu").numpy().astype(self._label_dtype)
         confidence = best[0].to("cpu", torch.float32).numpy() if with_confidence else None
         return SegmentationResult(labels=labels, confidence=confidence)

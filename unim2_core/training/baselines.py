@@ -10,11 +10,12 @@ Variants (design.md §3, "Baselines that must exist"):
 - ``unim2``: the config as given.
 
 k-means is fitted on pixels sampled from the cached TRAIN features and scored on the cached
-selection (and test) features with the post-processing of the trainer's validation and of the
-node (bilinear upsampling of the cosine similarity to processing size, argmax, nearest to label
-size) and Hungarian matching. Every variant writes its own ``metrics.json`` under the run
-folder; all share one feature cache, so features are extracted once. The comparison table is
-read back from those files.
+selection (and test) features with the post-processing of the trainer's validation (for the
+paper protocol the reference's order: features upsampled to label size, normalised, cosine with
+the centroids; for ``full`` the node's: cosine similarity upsampled to processing size, argmax,
+nearest to label size) and Hungarian matching. Every variant writes its own ``metrics.json``
+under the run folder; all share one feature cache, so features are extracted once. The
+comparison table is read back from those files.
 """
 
 from __future__ import annotations
@@ -33,13 +34,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from unim2_core.atomic import atomic_write_text
+from unim2_core.device import resolve_device
 from unim2_core.errors import ConfigError, DataError
+from unim2_core.evaluation.cluster_health import ClusterUsage, assess, cluster_usage
 from unim2_core.evaluation.metrics import ConfusionMatrix, SegmentationScores
 from unim2_core.model.backbone import load_backbone
-from unim2_core.runtime.segmenter import clusters_from_similarity, resolve_device
+from unim2_core.runtime.segmenter import (
+    ClusterOrder,
+    clusters_from_code,
+    clusters_from_similarity,
+)
 from unim2_core.training.config import TrainConfig
 from unim2_core.training.feature_cache import FeatureStore
-from unim2_core.training.trainer import Trainer, open_splits, prepare_caches
+from unim2_core.training.kmeans import KMeansInit, kmeans_features, sample_pixels, spherical_kmeans
+from unim2_core.training.trainer import Trainer, eval_cluster_order, open_splits, prepare_caches
 
 Variant = Literal["kmeans_rgb", "kmeans_rgbx", "rgb_only", "naive", "unim2"]
 VARIANTS: tuple[Variant, ...] = ("kmeans_rgb", "kmeans_rgbx", "rgb_only", "naive", "unim2")
@@ -51,7 +59,6 @@ DESCRIPTIONS: dict[Variant, str] = {
     "naive": "naive conv fusion, no harmoniser",
     "unim2": "UniM2",
 }
-KMeansInit = Literal["kmeans++", "random"]
 METRICS_FILE = "metrics.json"
 COMPARISON_MD = "comparison.md"
 COMPARISON_JSON = "comparison.json"
@@ -101,106 +108,6 @@ def variant_config(
     return dataclasses.replace(config, output_dir=str(output_dir), cache_dir=str(cache_dir))
 
 
-def kmeans_features(features: Tensor) -> Tensor:
-    """Per-modality L2-normalised features concatenated on channels: [B, M, C, h, w] ->
-    [B, M*C, h, w]."""
-    normalised = F.normalize(features, dim=2)
-    return normalised.flatten(1, 2)  # [B, M*C, h, w]
-
-
-def sample_pixels(
-    store: FeatureStore,
-    *,
-    max_pixels: int,
-    seed: int,
-    device: torch.device,
-    chunk: int = 64,
-) -> Tensor:
-    """Feature vectors of pixels of a cached split, [N, M*C] (see ``kmeans_features``).
-
-    Every pixel when there are at most ``max_pixels``; otherwise the same number of pixels
-    drawn at random (seeded, without repetition) from every view.
-    """
-    n_views = store.n_views
-    height, width = store.feature_size
-    per_view = min(height * width, math.ceil(max_pixels / n_views))
-    generator = torch.Generator().manual_seed(seed)
-    samples = []
-    for start in range(0, n_views, chunk):
-        idx = np.arange(start, min(start + chunk, n_views))
-        feats = kmeans_features(store.load(idx, device)).flatten(2)  # [B, D, h*w]
-        if per_view < height * width:
-            keys = torch.rand(len(idx), height * width, generator=generator)
-            picks = keys.argsort(dim=1)[:, :per_view].to(device)  # [B, S]
-            feats = feats.gather(2, picks[:, None].expand(-1, feats.shape[1], -1))
-        samples.append(feats.transpose(1, 2).reshape(-1, feats.shape[1]))  # [B*S, D]
-    return torch.cat(samples)
-
-
-def spherical_kmeans(
-    points: Tensor,
-    n_clusters: int,
-    *,
-    iterations: int = 30,
-    init: KMeansInit = "kmeans++",
-    seed: int = 0,
-) -> Tensor:
-    """Spherical (cosine) k-means; returns the [K, D] unit-norm centroids.
-
-    Points are L2-normalised; each iteration assigns every point to the centroid of highest
-    cosine similarity and replaces each centroid by the normalised mean direction of its
-    points (an emptied cluster keeps its centroid). Stops after ``iterations`` or when no
-    assignment changes.
-
-    Args:
-        points: [N, D] vectors (any norm).
-        n_clusters: K.
-        iterations: Maximum number of assignment/update rounds.
-        init: ``kmeans++`` (seeds drawn with probability proportional to the squared cosine
-            distance to the nearest seed so far) or ``random`` (K distinct points).
-        seed: Seed of the initialisation.
-
-    Raises:
-        ValueError: fewer points than clusters, K < 1, ``iterations`` < 1 or an unknown init.
-    """
-    if init not in ("kmeans++", "random"):
-        raise ValueError(f"init must be 'kmeans++' or 'random', got {init!r}")
-    if n_clusters < 1 or iterations < 1:
-        raise ValueError(
-            f"need n_clusters >= 1 and iterations >= 1, got {n_clusters}, {iterations}"
-        )
-    if points.ndim != 2 or points.shape[0] < n_clusters:
-        raise ValueError(f"need [N >= {n_clusters}, D] points, got shape {list(points.shape)}")
-    x = F.normalize(points.float(), dim=1)
-    generator = torch.Generator().manual_seed(seed)
-    n_points = x.shape[0]
-    if init == "random":
-        chosen = torch.randperm(n_points, generator=generator)[:n_clusters]
-        centroids = x[chosen.to(x.device)].clone()
-    else:
-        first = int(torch.randint(n_points, (1,), generator=generator))
-        centroids = x[first : first + 1].clone()
-        closest = 1.0 - (x @ centroids[0]).clamp(max=1.0)  # [N] cosine distance
-        for _ in range(1, n_clusters):
-            weights = closest.clamp(min=0.0).square().cpu()
-            if float(weights.sum()) > 0:
-                pick = int(torch.multinomial(weights, 1, generator=generator))
-            else:
-                pick = int(torch.randint(n_points, (1,), generator=generator))
-            centroids = torch.cat([centroids, x[pick : pick + 1]])
-            closest = torch.minimum(closest, 1.0 - (x @ x[pick]).clamp(max=1.0))
-    assignment: Tensor | None = None
-    for _ in range(iterations):
-        new = (x @ centroids.T).argmax(dim=1)  # [N]
-        if assignment is not None and torch.equal(new, assignment):
-            break
-        assignment = new
-        sums = torch.zeros_like(centroids).index_add_(0, assignment, x)
-        filled = sums.norm(dim=1) > 0
-        centroids = torch.where(filled[:, None], F.normalize(sums, dim=1), centroids)
-    return centroids
-
-
 @torch.no_grad()
 def evaluate_centroids(
     centroids: Tensor,
@@ -209,11 +116,15 @@ def evaluate_centroids(
     n_classes: int,
     patch_size: int,
     device: torch.device,
+    cluster_order: ClusterOrder = "similarity",
     chunk: int = 16,
 ) -> SegmentationScores:
     """Hungarian-matched scores of nearest-centroid clusters on a cached, labelled split.
 
-    Post-processing is ``clusters_from_similarity``, as in the trainer's validation.
+    Post-processing is the trainer's validation's for the same ``cluster_order``
+    (``clusters_from_similarity`` or, for the paper protocol, ``clusters_from_code`` with the
+    concatenated normalised features as the code; one view at a time, as upsampled features
+    are large).
 
     Raises:
         DataError: the split has no labels.
@@ -225,15 +136,35 @@ def evaluate_centroids(
     height, width = store.feature_size
     proc = (height * patch_size, width * patch_size)
     confusion = ConfusionMatrix(unit.shape[0], n_classes)
+    step = 1 if cluster_order == "code" else chunk
+    for start in range(0, store.n_views, step):
+        idx = np.arange(start, min(start + step, store.n_views))
+        feats = kmeans_features(store.load(idx, device))  # [B, D, h, w]
+        if cluster_order == "code":
+            clusters, _ = clusters_from_code(feats, unit, output_size=label_size)
+        else:
+            similarity = torch.einsum("bdhw,kd->bkhw", F.normalize(feats, dim=1), unit)
+            clusters, _ = clusters_from_similarity(
+                similarity, processing_size=proc, output_size=label_size
+            )
+        confusion.update(clusters.cpu().numpy(), np.asarray(store.labels[idx]))
+    return confusion.score()
+
+
+@torch.no_grad()
+def centroid_usage(
+    centroids: Tensor, store: FeatureStore, *, device: torch.device, chunk: int = 16
+) -> ClusterUsage:
+    """Cluster usage of nearest-centroid assignments of a cached split at feature resolution
+    (no labels needed)."""
+    unit = F.normalize(centroids.to(device), dim=1)  # [K, D]
+    counts = torch.zeros(unit.shape[0], dtype=torch.int64)
     for start in range(0, store.n_views, chunk):
         idx = np.arange(start, min(start + chunk, store.n_views))
         feats = kmeans_features(store.load(idx, device))  # [B, D, h, w]
-        similarity = torch.einsum("bdhw,kd->bkhw", F.normalize(feats, dim=1), unit)
-        clusters, _ = clusters_from_similarity(
-            similarity, processing_size=proc, output_size=label_size
-        )
-        confusion.update(clusters.cpu().numpy(), np.asarray(store.labels[idx]))
-    return confusion.score()
+        ids = torch.einsum("bdhw,kd->bkhw", feats, unit).argmax(dim=1).flatten().cpu()
+        counts += torch.bincount(ids, minlength=unit.shape[0])
+    return cluster_usage(np.repeat(np.arange(unit.shape[0]), counts.numpy()), unit.shape[0])
 
 
 def _split_record(split: str | None, scores: SegmentationScores) -> dict[str, Any]:
@@ -260,8 +191,11 @@ def run_kmeans(
 
     K is ``model.n_clusters``, or the number of classes; seeded by ``train.seed``.
 
+    The selection split may be unlabelled: k-means is then not scored there, but its cluster
+    usage is recorded (``health``) as for every variant.
+
     Raises:
-        DataError: the selection split has no labels.
+        ConfigError: no ``model.n_clusters`` and no class names to take K from.
     """
     written: dict[Variant, Path] = {}
     if not variants:
@@ -278,6 +212,8 @@ def run_kmeans(
         )
         n_classes = len(splits.info.class_names)
         n_clusters = config.model.n_clusters or n_classes
+        if n_clusters < 1:
+            raise ConfigError("model.n_clusters must be set for unlabelled data")
         points = sample_pixels(
             stores.train, max_pixels=max_pixels, seed=config.train.seed, device=device
         )
@@ -290,6 +226,7 @@ def run_kmeans(
             n_classes=n_classes,
             patch_size=backbone.patch_size,
             device=device,
+            cluster_order=eval_cluster_order(config),
         )
         metrics: dict[str, Any] = {
             "variant": variant,
@@ -298,7 +235,15 @@ def run_kmeans(
             "train_pixels": int(points.shape[0]),
             "iterations": iterations,
             "init": init,
-            "selection": _split_record(splits.selection_name, score(stores.selection)),
+            "selection": (
+                _split_record(splits.selection_name, score(stores.selection))
+                if stores.selection.labels is not None
+                else {"split": splits.selection_name, "labelled": False}
+            ),
+            "health": assess(
+                centroid_usage(centroids, stores.selection, device=device), None, None
+            ).to_record(),
+            "collapsed": False,
         }
         if stores.test is not None and stores.test.labels is not None:
             metrics["test"] = _split_record(splits.test_name, score(stores.test))
@@ -310,18 +255,27 @@ def run_kmeans(
 
 
 class ComparisonRow(NamedTuple):
-    """One variant's scores as read from its ``metrics.json``."""
+    """One variant's scores as read from its ``metrics.json``.
+
+    Selection scores are None when the selection split is unlabelled; ``selected_by`` names
+    how a trained variant's checkpoint was chosen (``miou`` or a label-free criterion; None for
+    k-means). ``largest_cluster_share`` and ``collapsed`` are the cluster health on the
+    selection split (``unim2_core.evaluation.cluster_health``).
+    """
 
     variant: str
     description: str
     modalities: tuple[str, ...]
     selection_split: str
-    selection_miou: float
-    selection_accuracy: float
+    selection_miou: float | None
+    selection_accuracy: float | None
     test_split: str | None
     test_miou: float | None
     test_accuracy: float | None
     metrics_path: Path
+    selected_by: str | None = None
+    largest_cluster_share: float | None = None
+    collapsed: bool = False
 
 
 class ComparisonTable(NamedTuple):
@@ -337,30 +291,33 @@ def read_row(variant: Variant, path: Path, modalities: Sequence[str]) -> Compari
     """A comparison row from a variant's ``metrics.json`` (trainer's or k-means's).
 
     Raises:
-        DataError: the file is missing or unreadable, or holds no selection scores (unlabelled
-            data cannot be compared).
+        DataError: the file is missing or unreadable, or holds no selection record.
     """
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise DataError(f"cannot read metrics {str(path)!r}: {err}") from err
     selection = metrics.get("selection")
-    if not isinstance(selection, dict) or "miou" not in selection:
-        raise DataError(
-            f"{str(path)!r} holds no selection scores: baselines need a labelled selection split"
-        )
+    if not isinstance(selection, dict) or "split" not in selection:
+        raise DataError(f"{str(path)!r} holds no selection record")
     test = metrics.get("test")
+    health = metrics.get("health")
+    share = health.get("largest_cluster_share") if isinstance(health, dict) else None
+    labelled = "miou" in selection
     return ComparisonRow(
         variant=variant,
         description=DESCRIPTIONS[variant],
         modalities=tuple(modalities),
         selection_split=str(selection["split"]),
-        selection_miou=float(selection["miou"]),
-        selection_accuracy=float(selection["accuracy"]),
+        selection_miou=float(selection["miou"]) if labelled else None,
+        selection_accuracy=float(selection["accuracy"]) if labelled else None,
         test_split=None if test is None else str(test["split"]),
         test_miou=None if test is None else float(test["miou"]),
         test_accuracy=None if test is None else float(test["accuracy"]),
         metrics_path=path,
+        selected_by=selection.get("criterion"),
+        largest_cluster_share=None if share is None else float(share),
+        collapsed=bool(metrics.get("collapsed", False)),
     )
 
 
@@ -387,7 +344,7 @@ def compare(
 
     Raises:
         ConfigError: an unknown or inapplicable variant, or a repeated one.
-        DataError: unlabelled selection split, or bad input (naming the file).
+        DataError: bad input (naming the file).
     """
     if not variants:
         raise ConfigError("no baseline variant requested")
@@ -435,8 +392,9 @@ def format_comparison(table: ComparisonTable) -> str:
         "Hungarian-matched.",
         "",
         f"| variant | modalities | {table.selection_split} mIoU | {table.selection_split} Acc"
-        + (f" | {test_split} mIoU | {test_split} Acc |" if test_split else " |"),
-        "|---|---|---|---" + ("|---|---|" if test_split else "|"),
+        + (f" | {test_split} mIoU | {test_split} Acc" if test_split else "")
+        + " | selected by | largest cluster | collapsed |",
+        "|---|---|---|---" + ("|---|---" if test_split else "") + "|---|---|---|",
     ]
     for row in table.rows:
         cells = [
@@ -447,7 +405,26 @@ def format_comparison(table: ComparisonTable) -> str:
         ]
         if test_split:
             cells += [_number(row.test_miou), _number(row.test_accuracy)]
+        cells += [
+            row.selected_by or "-",
+            "-" if row.largest_cluster_share is None else f"{100 * row.largest_cluster_share:.0f}%",
+            "**COLLAPSED**" if row.collapsed else "no",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(row.collapsed for row in table.rows):
+        lines += [
+            "",
+            "> **Collapsed**: "
+            + ", ".join(f"`{row.variant}`" for row in table.rows if row.collapsed)
+            + " put most pixels into one cluster (or give nearly identical codes) while k-means "
+            "on the same features does not; see `health` in the variant's metrics.json.",
+        ]
+    if not any(row.selection_miou is not None for row in table.rows):
+        lines += [
+            "",
+            "> The selection split has no labels: trained variants were selected by their "
+            "label-free criterion (`selected by`), and no variant is scored on it.",
+        ]
     if table.selected_on_test:
         lines += [
             "",

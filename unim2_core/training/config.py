@@ -19,8 +19,10 @@ from typing import Any, Literal, Union
 import yaml
 
 from unim2_core.data.encoding import ModalityEncoding
+from unim2_core.device import device_problem
 from unim2_core.errors import ConfigError
 from unim2_core.model.loss import ModalityLossConfig
+from unim2_core.training.label_free import DEFAULT_CRITERION, Criterion
 
 DatasetKind = Literal["nyu", "mfnet", "mcubes", "folder"]
 
@@ -88,7 +90,13 @@ class CropSection:
 
 @dataclass(frozen=True)
 class ModelSection:
-    """Heads options (see ``model.HeadsConfig``); ``n_clusters`` None = number of classes."""
+    """Heads options (see ``model.HeadsConfig``); ``n_clusters`` None = number of classes.
+
+    ``cluster_fit``: ``probe`` keeps the centroids the cluster probe learns by gradient steps
+    alongside the heads (the reference); ``kmeans`` replaces them, at every validation and at
+    the end, by spherical k-means on the codes of training pixels (the clustering the k-means
+    baseline gets, so short runs are not limited by a half-trained probe).
+    """
 
     code_dim: int = 70
     n_clusters: int | None = None
@@ -98,11 +106,27 @@ class ModelSection:
     msn_residual: bool = False
     dropout: float = 0.1
     linear_probe: bool = True
+    cluster_fit: Literal["probe", "kmeans"] = "probe"
 
 
 @dataclass(frozen=True)
 class LossSection:
-    """CMCS loss: per-modality shifts and weights plus sampling and neighbour settings."""
+    """CMCS loss: per-modality shifts and weights plus sampling and neighbour settings.
+
+    Attributes:
+        modalities: Per modality: shifts (numbers or ``auto``, see
+            ``unim2_core.training.calibration``), pair weights and modality weight.
+        points: P; P x P points are sampled per image.
+        random_pairs: Random batch permutations per step.
+        pointwise: Centre the feature correlation per anchor point.
+        zero_clamp: Clamp the code correlation at 0.
+        knn_neighbours: The kNN partner is drawn among this many nearest views.
+        knn_keep: Nearest views kept per view (cut to the candidates on small data).
+        knn_candidates: ``other_frames`` (views of other frames only) or ``all_views`` (the
+            frame's own other crops too); see ``unim2_core.training.knn``.
+        calibration_batches: Batches (of ``train.batch_size``) whose feature similarities
+            place the ``auto`` shifts.
+    """
 
     modalities: dict[str, ModalityLossConfig]
     points: int = 11
@@ -111,6 +135,8 @@ class LossSection:
     zero_clamp: bool = True
     knn_neighbours: int = 7
     knn_keep: int = 30
+    knn_candidates: Literal["other_frames", "all_views"] = "other_frames"
+    calibration_batches: int = 16
 
 
 @dataclass(frozen=True)
@@ -123,10 +149,13 @@ class TrainSection:
         lr: Adam learning rate of the heads.
         probe_lr: Adam learning rate of the cluster and linear probes.
         seed: Seed of every random choice (batches, neighbours, sampled points).
-        device: ``auto``, ``cpu`` or ``cuda``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         val_every: Validate (and keep the best model) every this many steps.
         checkpoint_every: Write a resumable training state every this many steps.
         selection_split: ``val`` (default) or ``test``; selecting on test is reported as such.
+        label_free_criterion: Unsupervised criterion that picks the checkpoint when the
+            selection split has no labels (see ``unim2_core.training.label_free``); every
+            criterion is logged at each validation either way.
         grad_clip: Clip the heads' gradient norm to this value (None: no clipping).
     """
 
@@ -135,10 +164,11 @@ class TrainSection:
     lr: float = 5e-4
     probe_lr: float = 5e-3
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = "auto"
     val_every: int = 200
     checkpoint_every: int = 200
     selection_split: Literal["val", "test"] = "val"
+    label_free_criterion: Criterion = DEFAULT_CRITERION
     grad_clip: float | None = None
 
 
@@ -186,6 +216,9 @@ class TrainConfig:
                 "config key 'loss.modalities' must list exactly the modalities "
                 f"{names}: missing {missing}, not a modality {extra}"
             )
+        device = device_problem(self.train.device)
+        if device is not None:
+            raise ConfigError(f"config key 'train.device' {device}")
         for key, value in (
             ("train.steps", self.train.steps),
             ("train.batch_size", self.train.batch_size),
@@ -198,6 +231,7 @@ class TrainConfig:
             ("loss.points", self.loss.points),
             ("loss.knn_neighbours", self.loss.knn_neighbours),
             ("loss.knn_keep", self.loss.knn_keep),
+            ("loss.calibration_batches", self.loss.calibration_batches),
         ):
             if value < 1:
                 raise ConfigError(f"config key {key!r} must be >= 1, got {value}")

@@ -8,6 +8,8 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
+from unim2_core.device import resolve_device
+
 
 class ProcessContext(NamedTuple):
     """This process's place in the job and the device it should use."""
@@ -20,12 +22,17 @@ class ProcessContext(NamedTuple):
 def init_from_environment(device: str = "auto") -> ProcessContext:
     """Join the ``torchrun`` process group when ``WORLD_SIZE`` > 1 (gloo on CPU, NCCL on GPUs).
 
-    Without torchrun this is a single process of rank 0 and nothing is initialised.
+    Without torchrun this is a single process of rank 0 on ``device`` and nothing is
+    initialised; under torchrun a CUDA device means the GPU of the local rank.
+
+    Raises:
+        ConfigError: ``device`` is misspelt or names a GPU torch does not see.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    resolved = resolve_device(device)
+    use_cuda = resolved.type == "cuda"
     if world <= 1:
-        return ProcessContext(0, 1, torch.device("cuda" if use_cuda else "cpu"))
+        return ProcessContext(0, 1, resolved)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
         torch.cuda.set_device(local_rank)

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from unim2_core.atomic import atomic_output, atomic_write_bytes
+from unim2_core.data.datasets.base import IGNORE_INDEX
 from unim2_core.data.encoding import ModalityEncoding
 from unim2_core.data.preprocess import (
     Interpolation,
@@ -370,6 +371,9 @@ def _prepare(
     if meta is None:
         try:
             arrays, labels = _frame_view(source[0], spec, list(encodings))
+            labelled = _first_labelled(source)
+            if labels is None and labelled is not None:
+                labels = _frame_view(source[labelled], spec, list(encodings))[1]
         except DataError as err:
             raise DataError(f"frame {source.stems[0]!r}: {err}") from err
         height, width = arrays[next(iter(encodings))].shape[:2]
@@ -400,6 +404,20 @@ def _prepare(
             _create_entry(
                 directory, entry.name, meta["feature_shape"], "float16", {"encoding": encoding}
             )
+
+
+def _first_labelled(source: FrameSource) -> int | None:
+    """Index of the first frame with labels, or None. Readers with ``has_labels`` answer without
+    reading frames; other sources are judged by their first frame alone."""
+    has_labels = getattr(source, "has_labels", None)
+    if has_labels is None:
+        return 0 if source[0].labels is not None else None
+    return next((i for i in range(len(source)) if has_labels(i)), None)
+
+
+def _ignore_index(source: FrameSource) -> int:
+    info = getattr(source, "info", None)
+    return int(info.ignore_index) if info is not None else IGNORE_INDEX
 
 
 def _create_entry(
@@ -458,9 +476,12 @@ def _fill(
                 except (EncodingError, DataError) as err:
                     raise DataError(f"frame {stems[index]!r} of {directory.name}: {err}") from err
                 if wants_labels:
-                    if labels is None:
-                        raise DataError(f"frame {stems[index]!r} has no labels, but others do")
-                    frame_labels.append(_view_labels(labels, spec))
+                    if labels is None:  # an unlabelled frame of a mixed split: all ignored
+                        shape = tuple(maps[LABELS].shape[1:])
+                        labels = np.full(shape, _ignore_index(source), dtype=maps[LABELS].dtype)
+                        frame_labels.append(np.repeat(labels[None], views, axis=0))
+                    else:
+                        frame_labels.append(_view_labels(labels, spec))
             if sub:
                 with torch.no_grad():
                     out = backbone(torch.cat(inputs)).float()  # [F * V * m, C, h, w]

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
-import pickle
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -30,22 +33,48 @@ from tqdm import tqdm
 from unim2_core.atomic import atomic_output, atomic_write_text
 from unim2_core.data.datasets import DatasetInfo, FrameGroup, open_dataset
 from unim2_core.data.preprocess import PreprocessConfig
-from unim2_core.errors import ConfigError, DataError, TrainingError
+from unim2_core.device import resolve_device
+from unim2_core.errors import ConfigError, DataError, Interrupted, TrainingError
 from unim2_core.evaluation.metrics import ConfusionMatrix, SegmentationScores, score
 from unim2_core.evaluation.plots import write_training_plots
 from unim2_core.model.backbone import Backbone, load_backbone
 from unim2_core.model.checkpoint import Bundle, ClassMapping, save_bundle
 from unim2_core.model.heads import HeadsConfig, UniM2Heads
 from unim2_core.model.loss import LossConfig, cmcs_loss
-from unim2_core.runtime.segmenter import clusters_from_similarity, resolve_device
+from unim2_core.runtime.segmenter import (
+    ClusterOrder,
+    clusters_from_code,
+    clusters_from_similarity,
+)
+from unim2_core.torch_files import load_torch_file
+from unim2_core.training.batches import batch_indices
+from unim2_core.training.calibration import Calibration, calibrate, needs_calibration
 from unim2_core.training.config import TrainConfig, config_to_dict
 from unim2_core.training.feature_cache import FeatureStore, ViewSpec, extract_features
+from unim2_core.training.kmeans import spherical_kmeans
 from unim2_core.training.knn import cached_neighbours
+from unim2_core.training.label_free import SelectionProbe, better
 from unim2_core.training.tracking import Tracker, numeric_metrics, open_tracker
 
+RESUME_NEUTRAL_KEYS = (
+    "train.steps",
+    "train.checkpoint_every",
+    "train.device",
+    "output_dir",
+    "cache_dir",
+    "logging.",
+)
+"""Config keys that may change between an interrupted run and its resumption: where files
+live, how often the state is saved, trackers, the device, and ``train.steps`` (to extend a run;
+it must not go below the step reached). Every other key changes results, so a difference in it
+refuses the resume, naming the key."""
+
+LOGGER = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
+CALIBRATION_FILE = "calibration.json"
 BUNDLE_FILE = "model.unim2.pt"
 LOG_EVERY = 10
+CLUSTER_FIT_PIXELS = 100_000
 
 
 class FrameSubset:
@@ -63,6 +92,12 @@ class FrameSubset:
     def __getitem__(self, index: int) -> FrameGroup:
         group: FrameGroup = self.source[self.indices[index]]
         return group
+
+    def has_labels(self, index: int) -> bool:
+        """Whether frame ``index`` has ground truth (asks the source, which may know cheaply)."""
+        if hasattr(self.source, "has_labels"):
+            return bool(self.source.has_labels(self.indices[index]))
+        return self[index].labels is not None
 
 
 def holdout_split(n_frames: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -143,6 +178,12 @@ def eval_view(config: TrainConfig) -> ViewSpec:
     return ViewSpec("full", config.crops.shorter_side, interpolation=config.crops.interpolation)
 
 
+def eval_cluster_order(config: TrainConfig) -> ClusterOrder:
+    """How cluster ids are computed under the config's protocol: the reference's order
+    (upsample the code, normalise, cosine) for ``paper``, the node's fast path for ``full``."""
+    return "code" if config.eval.protocol == "paper" else "similarity"
+
+
 def prepare_caches(
     config: TrainConfig,
     splits: Splits,
@@ -180,17 +221,6 @@ def prepare_caches(
     if splits.test is not None and splits.test is not splits.selection:
         test = extract(splits.test, split_name="test", spec=eval_view(config))
     return SplitStores(train=train, selection=selection, test=test)
-
-
-def batch_indices(step: int, *, n_views: int, batch_size: int, seed: int) -> np.ndarray:
-    """The anchor views of ``step``: consecutive slices of per-epoch seeded permutations."""
-    start = step * batch_size
-    out: list[int] = []
-    while len(out) < batch_size:
-        epoch, offset = divmod(start + len(out), n_views)
-        perm = np.random.default_rng([seed, epoch]).permutation(n_views)
-        out.extend(perm[offset : offset + batch_size - len(out)].tolist())
-    return np.asarray(out, dtype=np.int64)
 
 
 def build_heads(
@@ -233,12 +263,14 @@ def evaluate_store(
     *,
     patch_size: int,
     device: torch.device,
+    cluster_order: ClusterOrder = "similarity",
     chunk: int = 16,
 ) -> Evaluation:
     """Hungarian-matched metrics of the heads on a cached, labelled evaluation split.
 
-    Post-processing is the Segmenter's (``clusters_from_similarity``), so validation numbers
-    are those the node would produce on the same views.
+    Post-processing is the Segmenter's with the same ``cluster_order`` (``similarity``: the
+    node's fast path; ``code``: the reference's order of the paper protocol), so validation
+    numbers are those the Segmenter produces on the same views.
     """
     if store.labels is None:
         raise DataError(f"split cached at {str(store.path)!r} has no labels")
@@ -256,9 +288,14 @@ def evaluate_store(
         features = store.load(idx, device)
         labels = np.asarray(store.labels[idx])
         code = heads(features)
-        clusters, _ = clusters_from_similarity(
-            heads.cluster_probe.similarity(code), processing_size=proc, output_size=label_size
-        )
+        if cluster_order == "code":
+            clusters, _ = clusters_from_code(
+                code, heads.cluster_probe.centroids, output_size=label_size
+            )
+        else:
+            clusters, _ = clusters_from_similarity(
+                heads.cluster_probe.similarity(code), processing_size=proc, output_size=label_size
+            )
         if confusion is None:
             n_label_classes = n_classes or int(labels[labels != 255].max(initial=0)) + 1
             confusion = ConfusionMatrix(n_clusters, n_label_classes)
@@ -348,7 +385,26 @@ class Trainer:
         )
         if self.data.train.n_views < 2:
             raise DataError("training needs at least 2 views")
-        self.neighbours = cached_neighbours(self.data.train, keep=config.loss.knn_keep)
+        self.neighbour_plan = cached_neighbours(
+            self.data.train,
+            keep=config.loss.knn_keep,
+            draw=config.loss.knn_neighbours,
+            candidates=config.loss.knn_candidates,
+        )
+        self.neighbours = self.neighbour_plan.table
+        self.notes = [self.neighbour_plan.describe()]
+        self.calibration: Calibration | None = None
+        if needs_calibration(config):
+            self.calibration = calibrate(
+                config, self.data.train, self.neighbour_plan, device=self.device
+            )
+            config = self.config = self.calibration.config
+            self.plain_config = config_to_dict(config)
+            atomic_write_text(
+                self.output_dir / CALIBRATION_FILE,
+                json.dumps(self.calibration.to_dict(), indent=2) + "\n",
+            )
+            self.notes.append(self.calibration.describe())
         self.labelled = self.data.selection.labels is not None
         self.loss_config = LossConfig(
             modalities=config.loss.modalities,
@@ -358,6 +414,16 @@ class Trainer:
             zero_clamp=config.loss.zero_clamp,
         )
         self._init_model()
+        self.probe = SelectionProbe(
+            self.data.train,
+            self.data.selection,
+            n_clusters=self.heads.config.n_clusters,
+            loss_config=self.loss_config,
+            modalities=config.modality_names,
+            seed=config.train.seed,
+            device=self.device,
+            batch_size=config.train.batch_size,
+        )
 
     def _init_model(self) -> None:
         """Fresh heads and optimisers from the seed, then the saved state if there is one."""
@@ -374,21 +440,39 @@ class Trainer:
         self.probe_optimizer = torch.optim.Adam(probe_params, lr=config.train.probe_lr)
         self.generator = torch.Generator().manual_seed(config.train.seed)
         self.step = 0
+        self._resumed_step = 0
         self.best: dict[str, Any] | None = None
         if self.state_path.is_file():
             self._resume()
 
     def _resume(self) -> None:
         try:
-            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+            loaded = load_torch_file(
+                self.state_path, what="a unim2 training state", error=TrainingError
+            )
+        except TrainingError as err:
+            raise TrainingError(f"cannot resume: {err}; pass --restart to start over") from err
+        if not isinstance(loaded, dict) or "config" not in loaded:
             raise TrainingError(
-                f"cannot resume from {str(self.state_path)!r}: {err}; pass --restart to start over"
-            ) from err
-        if state.get("config") != self.plain_config:
+                f"cannot resume: {str(self.state_path)!r} is not a unim2 training state; pass "
+                "--restart to start over"
+            )
+        state: dict[str, Any] = loaded
+        changed = config_differences(state["config"], self.plain_config)
+        fixed = [key for key in changed if not key.startswith(RESUME_NEUTRAL_KEYS)]
+        if fixed:
+            shown = "; ".join(changed[key] for key in fixed)
             raise TrainingError(
-                f"{str(self.output_dir)!r} holds a run with a different configuration; use another "
-                "output_dir or pass --restart to discard it"
+                f"{str(self.output_dir)!r} holds a run with a different configuration ({shown}); "
+                "only train.steps, train.checkpoint_every, train.device, logging.*, output_dir "
+                "and cache_dir may change on resume. Use the old values, another output_dir, or "
+                "pass --restart to discard the run"
+            )
+        if int(state["step"]) > self.config.train.steps:
+            raise TrainingError(
+                f"{str(self.output_dir)!r} holds a run already at step {int(state['step'])}, "
+                f"beyond train.steps={self.config.train.steps}; raise train.steps or pass "
+                "--restart to discard the run"
             )
         self.heads.load_state_dict(state["heads"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -396,8 +480,14 @@ class Trainer:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
+        self._resumed_step = self.step
         self.best = state["best"]
         self._truncate_log(self.step)
+
+    @property
+    def resumed_step(self) -> int:
+        """The step a saved state brought this run to at start-up (0: a fresh run)."""
+        return self._resumed_step
 
     def _save_state(self) -> None:
         state = {
@@ -427,6 +517,11 @@ class Trainer:
         with self.log_path.open("a", encoding="utf-8") as stream:
             stream.write(json.dumps(record) + "\n")
 
+    def _warn(self, message: str) -> None:
+        """A WARNING on the ``unim2_core.training.trainer`` logger and a ``warning`` log record."""
+        LOGGER.warning("%s: %s", self.output_dir, message)
+        self._log({"step": self.step, "kind": "warning", "message": message})
+
     def batch_features(self, views: np.ndarray) -> Tensor:
         """Frozen features of training views [B, M, C, h, w], read from the cache."""
         return self.data.train.load(views, self.device)
@@ -441,7 +536,7 @@ class Trainer:
             seed=config.train.seed,
         )
         ranks = torch.randint(
-            config.loss.knn_neighbours,
+            self.neighbour_plan.draw,
             (len(anchors),),
             generator=self.generator,
         ).numpy()
@@ -464,8 +559,9 @@ class Trainer:
         linear_loss = None
         if self.heads.linear_probe is not None and data.train.labels is not None:
             labels = torch.from_numpy(np.asarray(data.train.labels[anchors]).astype(np.int64))
-            linear_loss = self.heads.linear_probe.loss(code, labels.to(self.device))
-            probe_loss = probe_loss + linear_loss
+            if bool((labels != 255).any()):  # a batch of only unlabelled frames has no CE
+                linear_loss = self.heads.linear_probe.loss(code, labels.to(self.device))
+                probe_loss = probe_loss + linear_loss
         if not torch.isfinite(terms.total):
             raise TrainingError(f"loss became {terms.total.item()} at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -484,26 +580,92 @@ class Trainer:
         record.update({f"loss/{k}": v.item() for k, v in terms.terms.items()})
         return record
 
-    def _validate(self) -> dict[str, Any]:
-        evaluation = evaluate_store(
-            self.heads, self.data.selection, patch_size=self.backbone.patch_size, device=self.device
+    @torch.no_grad()
+    def _fit_clusters(self, heads: UniM2Heads) -> None:
+        """Set the cluster centroids by spherical k-means on codes of training pixels.
+
+        Up to ``CLUSTER_FIT_PIXELS`` pixels, spread evenly over the training views and drawn
+        with a generator seeded by ``train.seed`` and the step (the training generator is not
+        touched, so this does not change the run's other random choices).
+        """
+        store = self.data.train
+        height, width = store.feature_size
+        per_view = min(height * width, math.ceil(CLUSTER_FIT_PIXELS / store.n_views))
+        generator = torch.Generator().manual_seed(self.config.train.seed * 1_000_003 + self.step)
+        was_training = heads.training
+        heads.eval()
+        parts = []
+        for start in range(0, store.n_views, 32):
+            idx = np.arange(start, min(start + 32, store.n_views))
+            code = heads(store.load(idx, self.device)).flatten(2)  # [B, D, h*w]
+            keys = torch.rand(len(idx), height * width, generator=generator)
+            picks = keys.argsort(dim=1)[:, :per_view].to(self.device)  # [B, S]
+            code = code.gather(2, picks[:, None].expand(-1, code.shape[1], -1))
+            parts.append(code.transpose(1, 2).reshape(-1, code.shape[1]))  # [B*S, D]
+        heads.train(was_training)
+        centroids = spherical_kmeans(
+            torch.cat(parts), heads.config.n_clusters, seed=self.config.train.seed
         )
-        record: dict[str, Any] = {
-            "step": self.step,
-            "split": self.splits.selection_name,
-            "miou": evaluation.scores.miou,
-            "accuracy": evaluation.scores.accuracy,
-        }
-        if evaluation.probe_miou is not None:
-            record["linear_probe_miou"] = evaluation.probe_miou
-            record["linear_probe_accuracy"] = evaluation.probe_accuracy
-        if self.best is None or evaluation.scores.miou > self.best["miou"]:
-            self.best = {
-                "step": self.step,
+        heads.cluster_probe.centroids.copy_(centroids)
+
+    def _validate(self) -> dict[str, Any]:
+        """Measure health and label-free criteria (and mIoU when labelled); keep the best.
+
+        With labels the best checkpoint is the one of highest mIoU; without, the one of best
+        ``train.label_free_criterion``, a collapsed checkpoint never beating a healthy one.
+        """
+        if self.config.model.cluster_fit == "kmeans":
+            self._fit_clusters(self.heads)
+        measured = self.probe.measure(self.heads)
+        health = measured.health.to_record()
+        record: dict[str, Any] = {"step": self.step, "split": self.splits.selection_name}
+        record.update({f"health/{k}": v for k, v in health.items()})
+        record.update({f"criterion/{k}": v for k, v in measured.criteria.items()})
+        if measured.health.collapsed:
+            self._warn(
+                f"step {self.step}: clusters COLLAPSED on {self.splits.selection_name}: "
+                f"{measured.health.reason}"
+            )
+        scores: dict[str, Any] = {}
+        if self.labelled:
+            evaluation = evaluate_store(
+                self.heads,
+                self.data.selection,
+                patch_size=self.backbone.patch_size,
+                device=self.device,
+                cluster_order=eval_cluster_order(self.config),
+            )
+            scores = {
                 "miou": evaluation.scores.miou,
                 "accuracy": evaluation.scores.accuracy,
-                "heads": {k: v.detach().cpu().clone() for k, v in self.heads.state_dict().items()},
                 "mapping": evaluation.scores.mapping.tolist(),
+            }
+            record["miou"] = evaluation.scores.miou
+            record["accuracy"] = evaluation.scores.accuracy
+            if evaluation.probe_miou is not None:
+                record["linear_probe_miou"] = evaluation.probe_miou
+                record["linear_probe_accuracy"] = evaluation.probe_accuracy
+            criterion = "miou"
+            value = evaluation.scores.miou
+            improved = self.best is None or value > self.best["value"]
+        else:
+            criterion = self.config.train.label_free_criterion
+            value = measured.criteria[criterion]
+            healthy = not measured.health.collapsed
+            best_healthy = self.best is not None and not self.best["collapsed"]
+            improved = (
+                self.best is None
+                or (healthy and not best_healthy)
+                or (healthy == best_healthy and better(criterion, value, self.best["value"]))
+            )
+        if improved:
+            self.best = {
+                "step": self.step,
+                "criterion": criterion,
+                "value": value,
+                "collapsed": measured.health.collapsed,
+                **scores,
+                "heads": {k: v.detach().cpu().clone() for k, v in self.heads.state_dict().items()},
             }
         return record
 
@@ -522,20 +684,40 @@ class Trainer:
             disable=not self.progress,
             dynamic_ncols=True,
         )
+        if self.step == 0:
+            self._log({"step": 0, "kind": "setup", **self._setup_record()})
         started = time.perf_counter()
         tracker = open_tracker(config.logging, self.output_dir, self.plain_config)
         try:
-            with bar:
-                self._loop(bar, tracker)
+            with bar, _StopRequests() as stop:
+                self._loop(bar, tracker, stop)
         finally:
             tracker.close()
         return self._finish(time.perf_counter() - started)
 
-    def _loop(self, bar: tqdm[Any], tracker: Tracker) -> None:
-        """Steps to ``train.steps``: log, validate, checkpoint and call the hooks on schedule."""
+    def _setup_record(self) -> dict[str, Any]:
+        """What the run chose from its data: the kNN plan and calibrated shifts, if any."""
+        record: dict[str, Any] = {"knn": self.neighbour_plan.summary()}
+        if self.calibration is not None:
+            record["calibration"] = self.calibration.to_dict()
+        return record
+
+    def _loop(self, bar: tqdm[Any], tracker: Tracker, stop: _StopRequests) -> None:
+        """Steps to ``train.steps``: log, validate, checkpoint and call the hooks on schedule.
+
+        A SIGINT / SIGTERM ends the loop between two steps with the state saved at the step
+        reached (raising :class:`Interrupted`), so a restart loses nothing.
+        """
         config = self.config
         total = config.train.steps
         while self.step < total:
+            if stop.signal_number is not None:
+                self._save_state()
+                raise Interrupted(
+                    f"training stopped at step {self.step} of {total}; the state is saved in "
+                    f"{str(self.state_path)!r}: run the same command again to resume",
+                    stop.signal_number,
+                )
             record = self._train_step()
             self.step += 1
             bar.update(1)
@@ -543,13 +725,14 @@ class Trainer:
             if self.step % LOG_EVERY == 0 or self.step == total:
                 self._log({"step": self.step, "kind": "train", **record})
                 tracker.log(self.step, numeric_metrics(record, prefix="train/"))
-            if self.labelled and (self.step % config.train.val_every == 0 or self.step == total):
+            if self.step % config.train.val_every == 0 or self.step == total:
                 val = self._validate()
                 self._log({"kind": "val", **val})
                 tracker.log(self.step, numeric_metrics(val, prefix="val/"))
-                bar.set_postfix(loss=f"{record['loss']:.4f}", miou=f"{val['miou']:.1f}")
-                if self.val_hook is not None:
-                    self.val_hook(self.step, val)
+                if self.labelled:
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", miou=f"{val['miou']:.1f}")
+                    if self.val_hook is not None:
+                        self.val_hook(self.step, val)
             if self.step % config.train.checkpoint_every == 0 or self.step == total:
                 self._save_state()
             if self.step_hook is not None:
@@ -561,16 +744,20 @@ class Trainer:
         metrics: dict[str, Any] = {
             "steps": self.step,
             "train_seconds_this_session": round(seconds, 2),
+            **self._setup_record(),
         }
         mapping = None
-        if self.best is not None:
-            final_heads.load_state_dict(self.best["heads"])
-            metrics["selection"] = {
-                "split": self.splits.selection_name,
-                "step": self.best["step"],
-                "miou": self.best["miou"],
-                "accuracy": self.best["accuracy"],
-            }
+        assert self.best is not None  # the last step always validates
+        final_heads.load_state_dict(self.best["heads"])
+        selection: dict[str, Any] = {
+            "split": self.splits.selection_name,
+            "step": self.best["step"],
+            "criterion": self.best["criterion"],
+            "value": self.best["value"],
+            "labelled": self.labelled,
+        }
+        if self.labelled:
+            selection.update(miou=self.best["miou"], accuracy=self.best["accuracy"])
             info = self.splits.info
             mapping = ClassMapping(
                 cluster_to_class=tuple(int(c) for c in self.best["mapping"]),
@@ -578,16 +765,32 @@ class Trainer:
                 palette=np.asarray(info.palette, dtype=np.uint8),
             )
         else:
-            final_heads.load_state_dict(self.heads.state_dict())
-            metrics["selection"] = {
-                "split": None,
-                "step": self.step,
-                "note": "no labels: last step",
-            }
+            selection["note"] = (
+                f"no labels: selected by the label-free criterion {self.best['criterion']!r}"
+            )
+        metrics["selection"] = selection
+        LOGGER.info(
+            "%s: checkpoint of step %d selected on %s by %s = %.4g",
+            self.output_dir,
+            self.best["step"],
+            self.splits.selection_name,
+            self.best["criterion"],
+            self.best["value"],
+        )
         final_heads.to(self.device)
+        final = self.probe.measure(final_heads)
+        metrics["health"] = final.health.to_record()
+        metrics["collapsed"] = final.health.collapsed
+        metrics["label_free_criteria"] = final.criteria
+        if final.health.collapsed:
+            self._warn(f"the selected model's clusters are COLLAPSED: {final.health.reason}")
         if self.data.test is not None and self.data.test.labels is not None:
             test = evaluate_store(
-                final_heads, self.data.test, patch_size=self.backbone.patch_size, device=self.device
+                final_heads,
+                self.data.test,
+                patch_size=self.backbone.patch_size,
+                device=self.device,
+                cluster_order=eval_cluster_order(self.config),
             )
             metrics["test"] = {
                 "split": self.splits.test_name,
@@ -613,8 +816,85 @@ class Trainer:
         return TrainResult(self.output_dir, bundle_path, metrics)
 
 
+class _StopRequests:
+    """While entered (in the main thread), SIGINT and SIGTERM only set ``signal_number``.
+
+    The training loop polls it between steps, so an interruption never lands in the middle of
+    an optimiser step. A second SIGINT raises KeyboardInterrupt at once, for a user who does
+    not want to wait for the step to end. Outside the main thread (where Python cannot install
+    handlers) nothing changes.
+    """
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, number: int, frame: FrameType | None) -> None:
+        if number == signal.SIGINT and self.signal_number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_number = number
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, str]:
+    """Dotted keys whose values differ between two plain configs, each with ``key: a -> b``."""
+    differences: dict[str, str] = {}
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            for key in list(a) + [k for k in b if k not in a]:
+                walk(a.get(key, _ABSENT), b.get(key, _ABSENT), f"{prefix}{key}.")
+        elif a != b:
+            key = prefix.rstrip(".")
+            differences[key] = f"{key}: {_shown(a)} -> {_shown(b)}"
+
+    walk(old, new, "")
+    return differences
+
+
+_ABSENT = object()
+
+
+def _shown(value: Any) -> str:
+    return "(absent)" if value is _ABSENT else repr(value)
+
+
 def _plain_floats(values: np.ndarray) -> list[float | None]:
     return [None if math.isnan(v) else float(v) for v in values.tolist()]
+
+
+def calibrate_run(config: TrainConfig, *, progress: bool = True) -> Calibration:
+    """Calibrate the config's ``auto`` shifts without training (``unim2_calibrate``).
+
+    Extracts (or reuses) the run's feature caches and kNN table exactly as training would, so
+    ``unim2_train`` with the same config finds them ready and places the same shifts.
+    """
+    device = resolve_device(config.train.device)
+    backbone = load_backbone(
+        config.backbone.name, config.backbone.weights, feature_layer=config.backbone.feature_layer
+    ).to(device)
+    cache_root = Path(config.cache_dir) if config.cache_dir else Path(config.output_dir) / "cache"
+    splits = open_splits(config)
+    stores = prepare_caches(
+        config, splits, backbone, device=device, cache_root=cache_root, progress=progress
+    )
+    plan = cached_neighbours(
+        stores.train,
+        keep=config.loss.knn_keep,
+        draw=config.loss.knn_neighbours,
+        candidates=config.loss.knn_candidates,
+    )
+    return calibrate(config, stores.train, plan, device=device)
 
 
 def train(config: TrainConfig, *, restart: bool = False, progress: bool = True) -> TrainResult:

