@@ -29,11 +29,16 @@ setup(
         "unim2_core.evaluation",
         "unim2_core.training",
         "unim2_ros",
+        "unim2_ros.replay",
         "unim2_demo",
         "unim2_train",
     ],
     package_dir={"unim2_train": "train"},
-    package_data={"unim2_core": ["py.typed"], "unim2_ros": ["py.typed"], "unim2_demo": ["py.typed"]},
+    package_data={
+        "unim2_core": ["py.typed"],
+        "unim2_ros": ["py.typed"],
+        "unim2_demo": ["py.typed"],
+    },
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE_NAME}"]),
         (f"share/{PACKAGE_NAME}", ["package.xml"]),

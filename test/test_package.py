@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pkgutil
+import re
 import shutil
 import subprocess
 import sys
@@ -64,3 +65,13 @@ def test_unim2_core_never_imports_rclpy_or_ros_messages() -> None:
         [sys.executable, "-c", blocker], cwd=REPO_ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_setup_lists_every_package_directory() -> None:
+    listed = set(re.findall(r'"(unim2_[a-z_.]+)"', (REPO_ROOT / "setup.py").read_text()))
+    found = {
+        ".".join(init.parent.relative_to(REPO_ROOT).parts)
+        for top in ("unim2_core", "unim2_ros", "unim2_demo")
+        for init in (REPO_ROOT / top).rglob("__init__.py")
+    }
+    assert found and found <= listed, f"not in setup.py packages: {sorted(found - listed)}"
