@@ -49,9 +49,9 @@ from unim2_core.errors import DataError
 from unim2_ros.bag_io import (
     DEFAULT_QUEUE_SIZE,
     DEFAULT_SLOP,
-    MODALITY_ENCODINGS,
     BagReader,
     FrameStats,
+    modality_topic_argument,
 )
 
 _LISTED_SKIPS = 5
@@ -259,18 +259,6 @@ def _format_skipped(stats: FrameStats) -> str:
     return "\n".join(lines)
 
 
-def _topic_argument(text: str) -> tuple[str, str]:
-    name, sep, topic = text.partition("=")
-    if not sep or not name or not topic:
-        raise argparse.ArgumentTypeError(f"expected MODALITY=TOPIC, got {text!r}")
-    if name not in MODALITY_ENCODINGS:
-        raise argparse.ArgumentTypeError(
-            f"unknown modality {name!r}; readable from Image topics: "
-            f"{', '.join(MODALITY_ENCODINGS)}"
-        )
-    return name, topic
-
-
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -305,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         dest="topics",
         action="append",
         required=True,
-        type=_topic_argument,
+        type=modality_topic_argument,
         metavar="MODALITY=TOPIC",
         help="an Image topic per modality, e.g. rgb=/camera/color/image_raw (repeatable; "
         "rgb required)",

@@ -30,6 +30,7 @@ and its offered QoS profiles in the form rosbag2 itself writes (see :data:`QOS_P
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sqlite3
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -86,6 +87,7 @@ __all__ = [
     "QosPreset",
     "SkippedMessage",
     "StorageFormat",
+    "modality_topic_argument",
     "typestore",
 ]
 
@@ -167,6 +169,21 @@ uint16 millimetres and 32FC1 float32 metres; thermal and NIR keep their type (ui
 counts, float32); AoLP (the angle, as the node takes it) and DoLP are float32 HxW. The folder
 layout stores AoLP as (sin, cos) pairs: ``unim2_import_bag`` converts the angle, in radians.
 """
+
+
+def modality_topic_argument(text: str) -> tuple[str, str]:
+    """argparse type of the bag tools' ``--topic MODALITY=TOPIC``: a modality this module reads
+    from Image topics, and its topic."""
+    name, sep, topic = text.partition("=")
+    if not sep or not name or not topic:
+        raise argparse.ArgumentTypeError(f"expected MODALITY=TOPIC, got {text!r}")
+    if name not in MODALITY_ENCODINGS:
+        raise argparse.ArgumentTypeError(
+            f"unknown modality {name!r}; readable from Image topics: "
+            f"{', '.join(MODALITY_ENCODINGS)}"
+        )
+    return name, topic
+
 
 LABEL_ENCODINGS = frozenset({"mono8", "8UC1", "mono16", "16UC1"})
 """Image encodings of a label topic (class ids, uint8 or uint16)."""

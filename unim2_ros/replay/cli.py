@@ -29,7 +29,7 @@ from unim2_core.cli import add_device_argument
 from unim2_core.errors import Unim2Error
 from unim2_core.evaluation.replay_writer import ReplayResult
 from unim2_core.runtime.segmenter import PRECISIONS, Segmenter
-from unim2_ros.bag_io import MODALITY_ENCODINGS, BagReader, StorageFormat
+from unim2_ros.bag_io import BagReader, StorageFormat, modality_topic_argument
 from unim2_ros.node_parameters import QOS_NAMES, QosName
 from unim2_ros.replay.common import NODE_QUEUE_SIZE, NODE_SLOP
 from unim2_ros.replay.live import (
@@ -45,18 +45,6 @@ __all__ = ["EXIT_ERROR", "main"]
 
 EXIT_ERROR = 1
 """Exit status of the CLI for an error it reports (bad bag, topic, message, file or node)."""
-
-
-def _topic_argument(text: str) -> tuple[str, str]:
-    name, sep, topic = text.partition("=")
-    if not sep or not name or not topic:
-        raise argparse.ArgumentTypeError(f"expected MODALITY=TOPIC, got {text!r}")
-    if name not in MODALITY_ENCODINGS:
-        raise argparse.ArgumentTypeError(
-            f"unknown modality {name!r}; readable from Image topics: "
-            f"{', '.join(MODALITY_ENCODINGS)}"
-        )
-    return name, topic
 
 
 def _node_argument(text: str) -> str:
@@ -92,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
         dest="topics",
         action="append",
         required=True,
-        type=_topic_argument,
+        type=modality_topic_argument,
         metavar="MODALITY=TOPIC",
         help="an Image topic per modality, e.g. rgb=/camera/color/image_raw (repeatable; "
         "rgb required)",
