@@ -17,6 +17,7 @@ from unim2_demo import run as demo_module
 from unim2_demo.experiment import (
     DEMO_SETTINGS,
     QUICK_SETTINGS,
+    DemoSettings,
     NodeFigures,
     camouflage_frames,
     comparison_figure,
@@ -30,6 +31,7 @@ from unim2_demo.run import (
     SETTINGS_FILE,
     TOPICS,
     main,
+    node_command,
     read_replay_labels,
     scene_frames,
 )
@@ -296,7 +298,7 @@ def test_fresh_empties_the_output_folder_before_the_demo_starts(
     (out / "report.md").write_text("old")
     seen: list[list[str]] = []
 
-    def stages(folder: Path, settings: object, *, progress: bool) -> Path:
+    def stages(folder: Path, settings: object, *, device: str, progress: bool) -> Path:
         seen.append(sorted(p.name for p in folder.iterdir()) if folder.exists() else [])
         return folder / "report.md"
 
@@ -304,6 +306,32 @@ def test_fresh_empties_the_output_folder_before_the_demo_starts(
     assert main(["--quick", "--fresh", "--out", str(out), "--domain-id", "7"]) == 0
     assert seen == [[]]  # the old demo was gone before the stages ran
     assert f"report: {out / 'report.md'}" in capsys.readouterr().out
+
+
+def test_device_reaches_training_offline_replay_and_the_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    devices: list[str] = []
+
+    def stages(folder: Path, settings: DemoSettings, *, device: str, progress: bool) -> Path:
+        devices.append(device)
+        config = training_config(
+            settings,
+            data_root=folder,
+            output_dir=folder,
+            cache_dir=folder,
+            depth=True,
+            device=device,
+        )
+        devices.append(parse_config(config).train.device)
+        return folder / "report.md"
+
+    monkeypatch.setattr(demo_module, "run_demo", stages)
+    assert main(["--quick", "--out", str(tmp_path / "d"), "--device", "cpu"]) == 0
+    assert main(["--quick", "--out", str(tmp_path / "d")]) == 0
+    assert devices == ["cpu", "cpu", "auto", "auto"]
+    command = node_command(Path("m.pt"), "cpu")
+    assert command[command.index("model.device:=cpu") - 1] == "-p"
 
 
 @pytest.mark.parametrize("flag", ["--restart", "--fresh"])

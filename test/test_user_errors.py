@@ -138,6 +138,10 @@ def _demo_restart_on_someones_folder(tmp: Path) -> list[str]:
     return ["unim2_demo.run", "--quick", "--fresh", "--out", str(tmp / "mine")]
 
 
+def _demo_on_cuda(tmp: Path) -> list[str]:
+    return ["unim2_demo.run", "--quick", "--out", str(tmp / "demo"), "--device", "cuda"]
+
+
 def _train_on_cuda(tmp: Path) -> list[str]:
     return ["unim2_train.train", "--config", str(_config(tmp)), "--device", "cuda"]
 
@@ -247,6 +251,11 @@ CASES = [
     pytest.param(
         Case(_train_on_cuda, 1, r"device 'cuda' was requested but torch .* sees no CUDA GPU"),
         id="train-device-cuda-without-gpu",
+        marks=NO_CUDA,
+    ),
+    pytest.param(
+        Case(_demo_on_cuda, 1, r"device 'cuda' was requested but torch .* sees no CUDA GPU"),
+        id="demo-device-cuda-without-gpu",
         marks=NO_CUDA,
     ),
     pytest.param(

@@ -38,12 +38,16 @@ def device_argument(text: str) -> str:
     return text
 
 
-def add_device_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """``--device``: where the model runs (overrides ``train.device`` of a config)."""
+def add_device_argument(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    default: str = "train.device of the config, auto",
+) -> None:
+    """``--device``: where the model runs (overrides ``train.device`` of a config); ``default``
+    says in the help what applies without it."""
     parser.add_argument(
         "--device",
         type=device_argument,
-        help=f"where the model runs: {DEVICE_HELP} (default: train.device of the config, auto)",
+        help=f"where the model runs: {DEVICE_HELP} (default: {default})",
     )
 
 

