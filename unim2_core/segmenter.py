@@ -7,7 +7,7 @@ preprocessing, backbone, heads and cluster assignment cannot drift apart between
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -186,10 +186,31 @@ class Segmenter:
             height, width, shorter_side=self.shorter_side, patch_size=self.backbone.patch_size
         )
 
+    def present_modalities(self, missing: Collection[str] = ()) -> tuple[str, ...]:
+        """The model's modalities less ``missing``, in model order.
+
+        Raises:
+            ValueError: ``missing`` names RGB (the anchor is always needed) or a modality the
+                model does not use.
+        """
+        unknown = [m for m in missing if m not in self.modalities[1:]]
+        if unknown:
+            raise ValueError(
+                f"missing modalities {unknown} are not auxiliary modalities of this model "
+                f"(auxiliary: {list(self.modalities[1:])}); RGB cannot be missing"
+            )
+        return tuple(m for m in self.modalities if m not in missing)
+
     @torch.inference_mode()
-    def code(self, arrays: Mapping[str, np.ndarray]) -> Tensor:
-        """The code map of one frame group, [1, D, h, w] at feature resolution."""
-        encoded = encode_group(arrays, self.encodings)  # [M, H, W, 3]
+    def code(self, arrays: Mapping[str, np.ndarray], *, missing: Collection[str] = ()) -> Tensor:
+        """The code map of one frame group, [1, D, h, w] at feature resolution.
+
+        Modalities in ``missing`` are neither needed in ``arrays`` nor run through the
+        backbone; the heads fuse without them exactly as training with modality dropout did
+        (``UniM2Heads.fuse`` with a ``present`` mask).
+        """
+        present = self.present_modalities(missing)
+        encoded = encode_group(arrays, {m: self.encodings[m] for m in present})  # [M', H, W, 3]
         size = self.processing_size(encoded.shape[1], encoded.shape[2])
         pixels = to_backbone_batch(
             encoded,
@@ -198,21 +219,41 @@ class Segmenter:
             dtype=PRECISIONS[self.precision],
             interpolation=self.bundle.preprocess.interpolation,
         )
-        features = self.backbone(pixels).float()  # [M, C, h, w]
-        code: Tensor = self.heads(features.unsqueeze(0))  # [1, D, h, w]
+        features = self.backbone(pixels).float()  # [M', C, h, w]
+        if len(present) == len(self.modalities):
+            code: Tensor = self.heads(features.unsqueeze(0))  # [1, D, h, w]
+            return code
+        mask = [m in present for m in self.modalities]
+        full = features.new_zeros((len(self.modalities), *features.shape[1:]))  # [M, C, h, w]
+        full[torch.tensor(mask, device=self.device)] = features
+        present_mask = torch.tensor([mask], dtype=torch.bool, device=self.device)  # [1, M]
+        code = self.heads(full.unsqueeze(0), present_mask)  # [1, D, h, w]
         return code
 
     @torch.inference_mode()
     def __call__(
-        self, arrays: Mapping[str, np.ndarray], *, with_confidence: bool = False
+        self,
+        arrays: Mapping[str, np.ndarray],
+        *,
+        with_confidence: bool = False,
+        missing: Collection[str] = (),
     ) -> SegmentationResult:
         """Segment one frame group of raw arrays (robot units, see ``encoding``).
 
+        Args:
+            arrays: Raw array per modality; those in ``missing`` may be left out.
+            with_confidence: Also return each pixel's similarity to its centroid.
+            missing: Auxiliary modalities whose stream is lost: the frame is segmented
+                without them (see ``code``).
+
         Raises:
-            EncodingError: a modality is missing, sizes differ, or an array is invalid.
+            EncodingError: a needed modality is missing, sizes differ, or an array is invalid.
+            ValueError: ``missing`` names RGB or a modality the model does not use.
         """
-        height, width = check_group(arrays, self.modalities)
-        similarity = self.heads.cluster_probe.similarity(self.code(arrays))  # [1, K, h, w]
+        height, width = check_group(arrays, self.present_modalities(missing))
+        similarity = self.heads.cluster_probe.similarity(
+            self.code(arrays, missing=missing)
+        )  # [1, K, h, w]
         clusters, best = clusters_from_similarity(
             similarity,
             processing_size=self.processing_size(height, width),
