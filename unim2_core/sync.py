@@ -268,6 +268,16 @@ class FallbackSynchronizer(Generic[T]):
         return self._sync.n_inputs
 
     @property
+    def queue_size(self) -> int:
+        """Items kept per input while waiting for a match."""
+        return self._sync.queue_size
+
+    @property
+    def slop_ns(self) -> int:
+        """Sets have a stamp spread strictly below this many nanoseconds."""
+        return self._sync.slop_ns
+
+    @property
     def optional(self) -> tuple[int, ...]:
         """Inputs that may be lost, ascending."""
         return self._optional
