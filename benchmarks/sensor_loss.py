@@ -1,7 +1,7 @@
 """Segmenting without depth: a modality-dropout model against the paper's, on the demo world.
 
     python -m benchmarks.sensor_loss [--out /tmp/unim2_sensor_loss] [--steps 300]
-        [--dropout 0.5] [--quick]
+        [--dropout 0.5] [--threads N] [--quick]
 
 Renders the demo's synthetic RGB-D rooms (``unim2_core.synthetic_scenes``: 18 training rooms,
 6 held-out rooms, 10 frames each, 320x240), writes the training rooms as a frame folder, and
@@ -122,8 +122,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/unim2_sensor_loss"))
     parser.add_argument("--steps", type=int, help="training steps (default: the demo's, 300)")
     parser.add_argument("--dropout", type=float, default=0.5)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="toy sizes (a smoke test)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     base = QUICK_SETTINGS if args.quick else DEMO_SETTINGS
     settings = dataclasses.replace(base, steps=args.steps or base.steps)
