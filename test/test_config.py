@@ -74,6 +74,8 @@ def test_reference_hyperparameters_are_the_papers() -> None:
         ("dataset.kind=kitti", r"'dataset\.kind': expected one of 'nyu'"),
         ("loss.knn_neighbours=40", r"'loss\.knn_neighbours' \(40\) must not exceed"),
         ("train.selection_split=train", r"'train\.selection_split': expected one of 'val', 'test'"),
+        ("train.modality_dropout=1.0", r"'train\.modality_dropout' must be in \[0, 1\), got 1\.0"),
+        ("train.modality_dropout=-0.1", r"'train\.modality_dropout' must be in \[0, 1\)"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(override: str, match: str) -> None:
@@ -120,3 +122,15 @@ def test_unreadable_or_invalid_yaml_names_the_file(tmp_path: Path) -> None:
     scalar.write_text("3\n")
     with pytest.raises(ConfigError, match="mapping at the top level"):
         read_yaml(scalar)
+
+
+def test_modality_dropout_is_off_by_default_and_needs_an_auxiliary_modality() -> None:
+    assert load_config(CONFIG_DIR / "train_nyu.yaml").train.modality_dropout == 0.0
+    data = read_yaml(CONFIG_DIR / "train_nyu.yaml")
+    data["modalities"] = {"rgb": data["modalities"]["rgb"]}
+    data["loss"]["modalities"] = {"rgb": data["loss"]["modalities"]["rgb"]}
+    data.setdefault("train", {})["modality_dropout"] = 0.3
+    with pytest.raises(
+        ConfigError, match=r"modality_dropout' needs an auxiliary modality.*\['rgb'\]"
+    ):
+        parse_config(data)

@@ -171,3 +171,42 @@ def test_heads_config_round_trips_and_names_unknown_keys() -> None:
     assert HeadsConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ConfigError, match=r"heads: unknown key\(s\) \['codedim'\]"):
         HeadsConfig.from_dict({**config.to_dict(), "codedim": 3})
+
+
+@pytest.mark.parametrize("fusion", FUSION_KINDS)
+def test_absent_modality_enters_the_fusion_as_a_zero_modality_net_output(fusion: str) -> None:
+    torch.manual_seed(0)
+    heads = UniM2Heads(
+        HeadsConfig(modalities=("rgb", "depth", "thermal"), channels=C, code_dim=D, fusion=fusion)  # type: ignore[arg-type]
+    ).eval()
+    features = torch.randn(2, 3, C, 4, 5)
+    present = torch.tensor([[True, False, True], [True, True, False]])
+    nets = list(heads.modality_nets.values())
+    adapted = torch.stack([net(features[:, i]) for i, net in enumerate(nets)], dim=1)
+    adapted[0, 1] = 0
+    adapted[1, 2] = 0
+    assert heads.fusion is not None
+    torch.testing.assert_close(heads.fuse(features, present), heads.fusion(adapted))
+    # Whatever the absent slots hold, the code is the same.
+    scrambled = features.clone()
+    scrambled[0, 1] = torch.randn(C, 4, 5) * 100
+    scrambled[1, 2] = 0
+    torch.testing.assert_close(heads(scrambled, present), heads(features, present))
+    all_present = torch.ones(2, 3, dtype=torch.bool)
+    torch.testing.assert_close(heads(features, all_present), heads(features))
+    assert not torch.allclose(heads(features, present), heads(features))
+
+
+@pytest.mark.parametrize(
+    ("present", "match"),
+    [
+        (torch.tensor([[False, True]]), "RGB"),
+        (torch.tensor([[1, 1]]), "bool mask of shape"),
+        (torch.tensor([[True, True, True]]), r"shape \(1, 2\)"),
+        (torch.tensor([True, True]), r"shape \(1, 2\)"),
+    ],
+)
+def test_present_mask_is_checked(present: torch.Tensor, match: str) -> None:
+    heads = UniM2Heads(HeadsConfig(modalities=("rgb", "depth"), channels=C, code_dim=D))
+    with pytest.raises(ValueError, match=match):
+        heads(torch.randn(1, 2, C, 3, 3), present)

@@ -11,6 +11,7 @@ import torch
 from conftest import make_bundle
 
 from unim2_core.data.encoding import ModalityEncoding
+from unim2_core.data.preprocess import encode_group, to_backbone_batch
 from unim2_core.errors import BackboneError, CheckpointError, ConfigError, EncodingError
 from unim2_core.model.backbone import Backbone, load_backbone
 from unim2_core.model.checkpoint import ClassMapping, save_bundle
@@ -308,3 +309,41 @@ def test_distinct_palette_is_deterministic_and_distinct() -> None:
     assert palette.shape == (30, 3) and palette.dtype == np.uint8
     assert len({tuple(c) for c in palette}) == 30
     np.testing.assert_array_equal(distinct_palette(30), palette)
+
+
+def test_missing_depth_runs_rgb_alone_and_fuses_it_as_training_dropout_does(
+    imgfocus_backbone: Backbone, nyu_frame: dict[str, np.ndarray]
+) -> None:
+    segmenter = Segmenter(
+        make_bundle(imgfocus_backbone, RGBD, n_clusters=6), imgfocus_backbone, device="cpu"
+    )
+    _centroids_from_pixels(segmenter, nyu_frame)
+    rgb_only = {"rgb": nyu_frame["rgb"]}
+    code = segmenter.code(rgb_only, missing=("depth",))
+    # Independent reference: the backbone on RGB alone, the depth slot filled with anything,
+    # and the heads told that depth is absent (the trainer's modality-dropout call).
+    encoded = encode_group(rgb_only, {"rgb": RGBD["rgb"]})
+    pixels = to_backbone_batch(encoded, segmenter.processing_size(480, 640))
+    with torch.no_grad():
+        features = imgfocus_backbone(pixels)  # [1, C, h, w]
+        stacked = torch.stack([features[0], torch.randn_like(features[0])])[None]
+        expected = segmenter.heads(stacked, torch.tensor([[True, False]]))
+    torch.testing.assert_close(code, expected, rtol=1e-4, atol=1e-4)
+    degraded = segmenter(rgb_only, missing=("depth",)).labels
+    full = segmenter(nyu_frame).labels
+    assert degraded.shape == full.shape == (480, 640)
+    assert 0.0 < float((degraded != full).mean()) < 1.0
+    # A depth array handed in anyway is ignored when depth is declared missing.
+    np.testing.assert_array_equal(segmenter(nyu_frame, missing=["depth"]).labels, degraded)
+
+
+def test_missing_modalities_are_checked(
+    imgfocus_backbone: Backbone, nyu_frame: dict[str, np.ndarray]
+) -> None:
+    segmenter = Segmenter(make_bundle(imgfocus_backbone, RGBD), imgfocus_backbone, device="cpu")
+    with pytest.raises(ValueError, match=r"\['rgb'\] are not auxiliary modalities"):
+        segmenter(nyu_frame, missing=("rgb",))
+    with pytest.raises(ValueError, match=r"\['thermal'\] are not auxiliary.*\['depth'\]"):
+        segmenter(nyu_frame, missing=("thermal",))
+    with pytest.raises(EncodingError, match="lacks modality"):
+        segmenter({"rgb": nyu_frame["rgb"]})

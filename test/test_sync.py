@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unim2_core.runtime.sync import ApproximateTimeSynchronizer, SyncStats
+from unim2_core.runtime.sync import ApproximateTimeSynchronizer, FallbackSynchronizer, SyncStats
 
 Item = tuple[int, int]  # (input index, sequence number)
 Event = tuple[int, int, Item]  # (input index, stamp in ns, item)
@@ -450,3 +450,151 @@ def test_sync_module_does_not_import_ros() -> None:
         "assert not any(m.startswith('rclpy') for m in sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- skipped inputs and the fallback synchroniser ------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_skip_matches_a_synchroniser_built_without_the_skipped_input(seed: int) -> None:
+    rng = random.Random(seed)
+    events = _random_stream(rng, 3, length=60)
+    sync: ApproximateTimeSynchronizer[Item] = ApproximateTimeSynchronizer(
+        3, queue_size=5, slop=0.03
+    )
+    reference = _ReferenceSync(2, 5, sync.slop_ns)
+    for index, stamp, item in events:
+        if index == 2:
+            continue
+        assert sync.add(index, stamp, item, skip={2}) == reference.add(index, stamp, item)
+
+
+def test_skipped_inputs_keep_their_queued_items() -> None:
+    sync: ApproximateTimeSynchronizer[str] = ApproximateTimeSynchronizer(3, queue_size=5, slop=0.01)
+    assert sync.add(2, 100 * MS, "c100") is None
+    assert sync.add(1, 101 * MS, "b101") is None
+    assert sync.add(0, 100 * MS, "a100", skip=[2]) == ("a100", "b101")
+    assert sync.pending() == (0, 0, 1)
+    assert sync.add(0, 200 * MS, "a200") is None
+    assert sync.add(1, 200 * MS, "b200") is None
+
+
+def test_skip_is_checked() -> None:
+    sync: ApproximateTimeSynchronizer[str] = ApproximateTimeSynchronizer(2, queue_size=5, slop=0.01)
+    with pytest.raises(IndexError, match=r"skip \[2\] is out of range for 2 inputs"):
+        sync.add(0, 0, "a", skip=[2])
+    with pytest.raises(ValueError, match="input 1 cannot both deliver an item and be skipped"):
+        sync.add(1, 0, "b", skip=[1])
+    assert sync.pending() == (0, 0)
+
+
+def _camera(sync: FallbackSynchronizer[str], k: int, *, depth: bool) -> tuple[object, ...]:
+    """One 100 ms frame: depth (when on) 2 ms late in stamp and arrival, after RGB."""
+    out = [sync.add(0, k * 100 * MS, f"rgb{k}")]
+    if depth:
+        out.append(sync.add(1, k * 100 * MS + 2 * MS, f"depth{k}"))
+    return tuple(out)
+
+
+def test_fallback_groups_rgb_alone_while_depth_is_lost_then_recovers() -> None:
+    sync: FallbackSynchronizer[str] = FallbackSynchronizer(
+        2, queue_size=5, slop=0.02, optional=[1], timeout=0.5
+    )
+    for k in range(10):
+        assert _camera(sync, k, depth=True) == (None, (f"rgb{k}", f"depth{k}"))
+    assert sync.lost() == ()
+    # Depth stops after frame 9 (stamp 902 ms). RGB waits for it until RGB's stamps are more
+    # than 0.5 s ahead: frames 10..14 queue (the oldest evicted), frame 15 (1.5 s) falls back.
+    outputs = [_camera(sync, k, depth=False) for k in range(10, 20)]
+    assert outputs[:5] == [(None,)] * 5
+    assert outputs[5:] == [((f"rgb{k}", None),) for k in range(15, 20)]
+    assert sync.lost() == (1,)
+    # Depth returns: the first item is queued (its RGB partner went out alone), full groups
+    # resume with the next frame.
+    assert sync.add(1, 1902 * MS, "depth19") is None
+    assert sync.lost() == ()
+    for k in range(20, 25):
+        assert _camera(sync, k, depth=True) == (None, (f"rgb{k}", f"depth{k}"))
+    stats, pending = sync.stats(), sync.pending()
+    assert stats.emitted == 10 + 5 + 5
+    # 25 RGB images, 20 in sets; 16 depth images, 15 in sets (depth19 never found a partner).
+    assert (stats.dropped[0] + pending[0], stats.dropped[1] + pending[1]) == (5, 1)
+
+
+def test_fallback_counts_balance_per_input() -> None:
+    sync: FallbackSynchronizer[str] = FallbackSynchronizer(
+        3, queue_size=4, slop=0.02, optional=[1, 2], timeout=0.3
+    )
+    received = [0, 0, 0]
+    in_sets = [0, 0, 0]
+    for k in range(60):
+        for index in (0, 1, 2):
+            if (index == 1 and 20 <= k < 40) or (index == 2 and k >= 30):
+                continue
+            received[index] += 1
+            out = sync.add(index, k * 50 * MS + index * MS, f"{index}:{k}")
+            if out is not None:
+                for i, member in enumerate(out):
+                    in_sets[i] += member is not None
+    stats, pending = sync.stats(), sync.pending()
+    for i in range(3):
+        assert received[i] == in_sets[i] + stats.dropped[i] + pending[i]
+    assert sync.lost() == (2,)
+    assert in_sets[0] == sync.stats().emitted > 40
+
+
+def test_fallback_keeps_the_remaining_modalities_in_the_set() -> None:
+    sync: FallbackSynchronizer[str] = FallbackSynchronizer(
+        3, queue_size=5, slop=0.02, optional=[1, 2], timeout=0.25
+    )
+    assert sync.add(0, 0, "rgb0") is None
+    assert sync.add(1, MS, "depth0") is None
+    assert sync.add(2, MS, "thermal0") == ("rgb0", "depth0", "thermal0")
+    for k in range(1, 6):  # thermal is silent from here on
+        sync.add(0, k * 100 * MS, f"rgb{k}")
+        sync.add(1, k * 100 * MS + MS, f"depth{k}")
+    assert sync.lost() == (2,)
+    assert sync.add(0, 600 * MS, "rgb6") is None  # waits for depth, which is not lost
+    assert sync.add(1, 601 * MS, "depth6") == ("rgb6", "depth6", None)
+
+
+def test_fallback_before_an_optional_input_ever_delivers_waits_one_timeout() -> None:
+    sync: FallbackSynchronizer[str] = FallbackSynchronizer(
+        2, queue_size=20, slop=0.02, optional=[1], timeout=0.3
+    )
+    outputs = [sync.add(0, k * 100 * MS, f"rgb{k}") for k in range(6)]
+    assert outputs == [None, None, None, None, ("rgb4", None), ("rgb5", None)]
+
+
+def test_fallback_ignores_stamps_jumping_back_and_clear_forgets_them() -> None:
+    sync: FallbackSynchronizer[str] = FallbackSynchronizer(
+        2, queue_size=5, slop=0.02, optional=[1], timeout=0.3
+    )
+    for k in range(5):
+        assert _camera(sync, k, depth=True)[-1] == (f"rgb{k}", f"depth{k}")
+    # A replay restarts from an earlier time: RGB's latest stamp is now behind depth's.
+    assert sync.add(0, 0, "again0") is None
+    assert sync.lost() == ()
+    assert sync.add(1, MS, "again_depth0") == ("again0", "again_depth0")
+    sync.add(0, 5000 * MS, "late")
+    assert sync.lost() == (1,)
+    sync.clear()
+    assert sync.lost() == () and sync.pending() == (0, 0)
+    assert sync.add(0, 6000 * MS, "fresh") is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"optional": [0, 1]}, "at least one required input"),
+        ({"optional": [2]}, r"optional inputs \[2\] out of range for 2"),
+        ({"timeout": 0.0}, "timeout must be a finite number of seconds > 0"),
+        ({"timeout": float("nan")}, "timeout"),
+        ({"slop": 0.0}, "slop"),
+    ],
+)
+def test_fallback_constructor_rejects_bad_arguments(kwargs: dict[str, object], match: str) -> None:
+    args: dict[str, object] = {"queue_size": 5, "slop": 0.02, "optional": [1], "timeout": 0.5}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        FallbackSynchronizer(2, **args)  # type: ignore[arg-type]

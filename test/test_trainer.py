@@ -459,3 +459,51 @@ def test_kmeans_cluster_fit_sets_unit_centroids_from_the_codes(
     probe = load_bundle(learned.bundle_path).heads_state["cluster_probe.centroids"]
     torch.testing.assert_close(centroids.norm(dim=1), torch.ones(len(centroids)))
     assert not torch.allclose(probe.norm(dim=1), torch.ones(len(probe)), atol=1e-3)
+
+
+def test_modality_dropout_hides_aux_modalities_at_its_rate_and_resumes_exactly(
+    data_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    schedule = {"steps": 6, "val_every": 3, "checkpoint_every": 2, "modality_dropout": 0.5}
+    config = _config(data_root, tmp_path / "straight", cache_dir, train=schedule)
+    trainer = Trainer(config, progress=False)
+    state = trainer.generator.get_state()
+    present = trainer._dropout_mask(4000)
+    assert present is not None and present.shape == (4000, 2) and present.dtype == torch.bool
+    assert bool(present[:, 0].all())
+    assert abs(float(present[:, 1].float().mean()) - 0.5) < 0.03
+    trainer.generator.set_state(state)
+    reference = trainer.run()
+
+    def interrupt(step: int) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    resumed_config = _config(data_root, tmp_path / "resumed", cache_dir, train=schedule)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(resumed_config, progress=False, step_hook=interrupt).run()
+    resumed = train(resumed_config, progress=False)
+    expected, got = load_bundle(reference.bundle_path), load_bundle(resumed.bundle_path)
+    for key, value in expected.heads_state.items():
+        torch.testing.assert_close(got.heads_state[key], value, rtol=0, atol=0)
+    assert got.training["train"]["modality_dropout"] == 0.5
+
+    paper = train(
+        _config(
+            data_root, tmp_path / "paper", cache_dir, train={**schedule, "modality_dropout": 0}
+        ),
+        progress=False,
+    )
+    paper_heads = load_bundle(paper.bundle_path).heads_state
+    assert any(
+        not torch.equal(paper_heads[key], value) for key, value in expected.heads_state.items()
+    )
+
+
+def test_without_modality_dropout_no_mask_is_drawn(
+    data_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    trainer = Trainer(_config(data_root, tmp_path / "run", cache_dir), progress=False)
+    state = trainer.generator.get_state()
+    assert trainer._dropout_mask(8) is None
+    assert torch.equal(trainer.generator.get_state(), state)

@@ -328,24 +328,38 @@ class UniM2Heads(nn.Module):
             LinearProbe(config.code_dim, config.n_classes) if config.n_classes is not None else None
         )
 
-    def fuse(self, features: Tensor) -> Tensor:
-        """Backbone features [B, M, C, h, w] -> fused features [B, C, h, w]."""
+    def fuse(self, features: Tensor, present: Tensor | None = None) -> Tensor:
+        """Backbone features [B, M, C, h, w] -> fused features [B, C, h, w].
+
+        Args:
+            features: Backbone features of every modality.
+            present: Optional [B, M] bool mask; a modality marked absent enters the fusion as
+                a zero modality-net output (see :func:`absent_modalities_zeroed`), whatever its
+                slot of ``features`` holds. RGB (index 0) must be present. None: all present.
+
+        Raises:
+            ValueError: ``features`` or ``present`` has the wrong shape, or RGB is absent.
+        """
         if features.dim() != 5 or features.shape[1] != len(self.config.modalities):
             raise ValueError(
                 f"expected features [B, {len(self.config.modalities)}, C, h, w], "
                 f"got {tuple(features.shape)}"
             )
+        if present is not None:
+            _check_present(present, features.shape[:2])
         if self.fusion is None:
             return features[:, 0]
         adapted = torch.stack(
             [net(features[:, i]) for i, net in enumerate(self.modality_nets.values())], dim=1
         )  # [B, M, C, h, w]
+        if present is not None:
+            adapted = absent_modalities_zeroed(adapted, present)
         fused: Tensor = self.fusion(adapted)
         return fused
 
-    def forward(self, features: Tensor) -> Tensor:
-        """Backbone features [B, M, C, h, w] -> code s [B, D, h, w]."""
-        code: Tensor = self.head(self.fuse(features))
+    def forward(self, features: Tensor, present: Tensor | None = None) -> Tensor:
+        """Backbone features [B, M, C, h, w] -> code s [B, D, h, w] (``present``: see fuse)."""
+        code: Tensor = self.head(self.fuse(features, present))
         return code
 
     def harmonise(self, code: Tensor, modality: str) -> Tensor:
@@ -355,3 +369,29 @@ class UniM2Heads(nn.Module):
         key = "shared" if self.config.share_harmoniser else modality
         out: Tensor = self.harmonisers[key](code)
         return out
+
+
+def absent_modalities_zeroed(adapted: Tensor, present: Tensor) -> Tensor:
+    """How a missing modality reaches the fusion: its modality-net output is all zeros.
+
+    Modality-net outputs are unit vectors per pixel, so a zero vector can never be mistaken for
+    a real one, and it needs no parameters: checkpoints keep their layout, and every fusion
+    kind (conv, progressive, sum, mean, max) accepts it. Training with modality dropout and
+    inference without a stream both come through here, so they cannot disagree.
+
+    Args:
+        adapted: L2-normalised modality-net outputs [B, M, C, h, w].
+        present: [B, M] bool, False where the modality is missing.
+    """
+    mask = present.to(device=adapted.device, dtype=adapted.dtype)[:, :, None, None, None]
+    return adapted * mask  # [B, M, C, h, w]
+
+
+def _check_present(present: Tensor, shape: torch.Size) -> None:
+    if present.dtype != torch.bool or tuple(present.shape) != tuple(shape):
+        raise ValueError(
+            f"present must be a bool mask of shape {tuple(shape)} (batch, modalities), got "
+            f"{present.dtype} {tuple(present.shape)}"
+        )
+    if not bool(present[:, 0].all()):
+        raise ValueError("present marks RGB (modality 0) absent; RGB is the anchor and required")

@@ -7,7 +7,7 @@ preprocessing, backbone, heads and cluster assignment cannot drift apart between
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -217,19 +217,41 @@ class Segmenter:
             height, width, shorter_side=self.shorter_side, patch_size=self.backbone.patch_size
         )
 
+    def present_modalities(self, missing: Collection[str] = ()) -> tuple[str, ...]:
+        """The model's modalities less ``missing``, in model order.
+
+        Raises:
+            ValueError: ``missing`` names RGB (the anchor is always needed) or a modality the
+                model does not use.
+        """
+        unknown = [m for m in missing if m not in self.modalities[1:]]
+        if unknown:
+            raise ValueError(
+                f"missing modalities {unknown} are not auxiliary modalities of this model "
+                f"(auxiliary: {list(self.modalities[1:])}); RGB cannot be missing"
+            )
+        return tuple(m for m in self.modalities if m not in missing)
+
     @torch.inference_mode()
     def code(
         self,
         arrays: Mapping[str, np.ndarray],
         *,
         intrinsics: Mapping[str, CameraIntrinsics] | None = None,
+        missing: Collection[str] = (),
     ) -> Tensor:
         """The code map of one frame group, [1, D, h, w] at feature resolution.
 
         ``intrinsics``: the frame's camera intrinsics per modality, for encodings that use
-        them (``depth_hha``); see ``preprocess.encode_group``.
+        them (``depth_hha``); see ``preprocess.encode_group``. Modalities in ``missing`` are
+        neither needed in ``arrays`` nor run through the backbone; the heads fuse without them
+        exactly as training with modality dropout did (``UniM2Heads.fuse`` with a ``present``
+        mask).
         """
-        encoded = encode_group(arrays, self.encodings, intrinsics=intrinsics)  # [M, H, W, 3]
+        present = self.present_modalities(missing)
+        encoded = encode_group(
+            arrays, {m: self.encodings[m] for m in present}, intrinsics=intrinsics
+        )  # [M', H, W, 3]
         size = self.processing_size(encoded.shape[1], encoded.shape[2])
         pixels = to_backbone_batch(
             encoded,
@@ -238,8 +260,15 @@ class Segmenter:
             dtype=PRECISIONS[self.precision],
             interpolation=self.bundle.preprocess.interpolation,
         )
-        features = self.backbone(pixels).float()  # [M, C, h, w]
-        code: Tensor = self.heads(features.unsqueeze(0))  # [1, D, h, w]
+        features = self.backbone(pixels).float()  # [M', C, h, w]
+        if len(present) == len(self.modalities):
+            code: Tensor = self.heads(features.unsqueeze(0))  # [1, D, h, w]
+            return code
+        mask = [m in present for m in self.modalities]
+        full = features.new_zeros((len(self.modalities), *features.shape[1:]))  # [M, C, h, w]
+        full[torch.tensor(mask, device=self.device)] = features
+        present_mask = torch.tensor([mask], dtype=torch.bool, device=self.device)  # [1, M]
+        code = self.heads(full.unsqueeze(0), present_mask)  # [1, D, h, w]
         return code
 
     @torch.inference_mode()
@@ -249,16 +278,23 @@ class Segmenter:
         *,
         with_confidence: bool = False,
         intrinsics: Mapping[str, CameraIntrinsics] | None = None,
+        missing: Collection[str] = (),
     ) -> SegmentationResult:
         """Segment one frame group of raw arrays (robot units, see ``encoding``).
 
-        ``intrinsics``: the frame's camera intrinsics per modality (``depth_hha``).
+        Args:
+            arrays: Raw array per modality; those in ``missing`` may be left out.
+            with_confidence: Also return each pixel's similarity to its centroid.
+            intrinsics: The frame's camera intrinsics per modality (``depth_hha``).
+            missing: Auxiliary modalities whose stream is lost: the frame is segmented
+                without them (see ``code``).
 
         Raises:
-            EncodingError: a modality is missing, sizes differ, or an array is invalid.
+            EncodingError: a needed modality is missing, sizes differ, or an array is invalid.
+            ValueError: ``missing`` names RGB or a modality the model does not use.
         """
-        height, width = check_group(arrays, self.modalities)
-        code = self.code(arrays, intrinsics=intrinsics)  # [1, D, h, w]
+        height, width = check_group(arrays, self.present_modalities(missing))
+        code = self.code(arrays, intrinsics=intrinsics, missing=missing)  # [1, D, h, w]
         if self.cluster_order == "code":
             clusters, best = clusters_from_code(
                 code, self.heads.cluster_probe.centroids, output_size=(height, width)

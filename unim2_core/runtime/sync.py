@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import operator
 import threading
+from collections.abc import Collection, Sequence
 from typing import Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
@@ -99,7 +100,9 @@ class ApproximateTimeSynchronizer(Generic[T]):
         """Sets have a stamp spread strictly below this many nanoseconds."""
         return self._slop_ns
 
-    def add(self, index: int, stamp_ns: int, item: T) -> tuple[T, ...] | None:
+    def add(
+        self, index: int, stamp_ns: int, item: T, *, skip: Collection[int] = ()
+    ) -> tuple[T, ...] | None:
         """Queues ``item`` on input ``index`` and returns the set it completes, if any.
 
         Args:
@@ -107,17 +110,27 @@ class ApproximateTimeSynchronizer(Generic[T]):
             stamp_ns: The item's stamp in integer nanoseconds (e.g. header stamp
                 ``sec * 10**9 + nanosec``); numpy integers are accepted.
             item: Anything; it is returned untouched inside a matched set.
+            skip: Inputs that take no part in this arrival's match (a lost stream, see
+                :class:`FallbackSynchronizer`): the rule above runs over the other inputs only,
+                and the items queued on skipped inputs stay queued. Empty (default):
+                message_filters exactly.
 
         Returns:
-            One item per input, in input order, including ``item``; or None when the arrival
-            completes no set.
+            One item per input not in ``skip``, in input order, including ``item``; or None
+            when the arrival completes no set.
 
         Raises:
-            IndexError: If ``index`` is not a valid input.
+            IndexError: If ``index`` or an input in ``skip`` is not a valid input.
+            ValueError: If ``index`` is in ``skip``.
             TypeError: If ``index`` or ``stamp_ns`` is not an integer.
         """
         if not 0 <= operator.index(index) < self._n_inputs:
             raise IndexError(f"index {index!r} is out of range for {self._n_inputs} inputs")
+        skipped = frozenset(operator.index(i) for i in skip)
+        if any(not 0 <= i < self._n_inputs for i in skipped):
+            raise IndexError(f"skip {sorted(skipped)} is out of range for {self._n_inputs} inputs")
+        if index in skipped:
+            raise ValueError(f"input {index} cannot both deliver an item and be skipped")
         stamp = operator.index(stamp_ns)
         with self._lock:
             queue = self._queues[index]
@@ -129,11 +142,12 @@ class ApproximateTimeSynchronizer(Generic[T]):
                 self._dropped[index] += 1
             if stamp not in queue:
                 return None
-            match = self._find_match(index, stamp)
+            taking_part = [i for i in range(self._n_inputs) if i not in skipped]
+            match = self._find_match(index, stamp, taking_part)
             if match is None:
                 return None
             self._emitted += 1
-            return tuple(q.pop(s) for q, s in zip(self._queues, match, strict=True))
+            return tuple(self._queues[i].pop(s) for i, s in zip(taking_part, match, strict=True))
 
     def stats(self) -> SyncStats:
         """Returns the emitted and per-input dropped counts since construction."""
@@ -152,8 +166,9 @@ class ApproximateTimeSynchronizer(Generic[T]):
                 self._dropped[i] += len(queue)
                 queue.clear()
 
-    def _find_match(self, index: int, stamp: int) -> list[int] | None:
-        """Returns the first matching stamp combination in message_filters' scan order.
+    def _find_match(self, index: int, stamp: int, inputs: Sequence[int]) -> list[int] | None:
+        """Returns the first matching stamp combination of ``inputs`` (in their order) in
+        message_filters' scan order.
 
         The lexicographic scan of the candidates' cartesian product is done depth first, and a
         prefix whose spread already reaches ``slop`` is skipped with all its extensions: adding
@@ -161,7 +176,8 @@ class ApproximateTimeSynchronizer(Generic[T]):
         Must be called with the lock held.
         """
         candidates: list[list[int]] = []
-        for i, queue in enumerate(self._queues):
+        for i in inputs:
+            queue = self._queues[i]
             if i == index:
                 candidates.append([stamp])
                 continue
@@ -188,3 +204,145 @@ class ApproximateTimeSynchronizer(Generic[T]):
                 return True
             chosen.pop()
         return False
+
+
+class FallbackSynchronizer(Generic[T]):
+    """Approximate-time sets that go on without an optional input whose stream is lost.
+
+    Wraps :class:`ApproximateTimeSynchronizer`: while every input delivers, sets are exactly
+    message_filters'. An optional input is *lost* while its latest stamp lies more than
+    ``timeout`` behind the latest stamp of the required inputs (or, before it ever delivered,
+    behind the first stamp the synchroniser saw). Each arrival is matched with the lost inputs
+    skipped (``ApproximateTimeSynchronizer.add(..., skip=...)``), so an RGB image alone, or with
+    the remaining modalities, forms a set, with None in each lost input's slot. The first item
+    that arrives on a lost input with a stamp within ``timeout`` of the required inputs' makes
+    it required again: full sets resume from the next match.
+
+    Silence is measured in stamp time, not arrival time, so a bag replayed offline falls back
+    and recovers exactly as the live node does. The latest stamp (not the largest) is used, so
+    stamps that jump back (a replay restarted) do not mark an input lost.
+
+    Thread-safe; no user code runs under its locks.
+
+    Args:
+        n_inputs: Number of input streams (at least 2).
+        queue_size: Items kept per input while waiting for a match (at least 1).
+        slop: Largest stamp spread within a set, in seconds (finite, positive).
+        optional: Inputs that may be lost (not all of them; typically every auxiliary input).
+        timeout: Seconds of stamp time an optional input may lag before it is lost (finite,
+            positive; set it above the sensor's frame period and ``slop``).
+
+    Raises:
+        ValueError: An argument is out of range; the message names it.
+    """
+
+    def __init__(
+        self,
+        n_inputs: int,
+        *,
+        queue_size: int,
+        slop: float,
+        optional: Collection[int],
+        timeout: float,
+    ) -> None:
+        self._sync: ApproximateTimeSynchronizer[T] = ApproximateTimeSynchronizer(
+            n_inputs, queue_size=queue_size, slop=slop
+        )
+        optional_set = frozenset(operator.index(i) for i in optional)
+        if any(not 0 <= i < n_inputs for i in optional_set):
+            raise ValueError(f"optional inputs {sorted(optional_set)} out of range for {n_inputs}")
+        if len(optional_set) >= n_inputs:
+            raise ValueError("optional must leave at least one required input")
+        if not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
+            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+        self._optional = tuple(sorted(optional_set))
+        self._required = tuple(i for i in range(n_inputs) if i not in optional_set)
+        self._timeout_ns = int(timeout * _NS_PER_S)
+        self._lock = threading.Lock()
+        self._latest: list[int | None] = [None] * n_inputs
+        self._first: int | None = None
+
+    @property
+    def n_inputs(self) -> int:
+        """Number of input streams."""
+        return self._sync.n_inputs
+
+    @property
+    def queue_size(self) -> int:
+        """Items kept per input while waiting for a match."""
+        return self._sync.queue_size
+
+    @property
+    def slop_ns(self) -> int:
+        """Sets have a stamp spread strictly below this many nanoseconds."""
+        return self._sync.slop_ns
+
+    @property
+    def optional(self) -> tuple[int, ...]:
+        """Inputs that may be lost, ascending."""
+        return self._optional
+
+    @property
+    def timeout_ns(self) -> int:
+        """Stamp lag, in nanoseconds, beyond which an optional input is lost."""
+        return self._timeout_ns
+
+    def add(self, index: int, stamp_ns: int, item: T) -> tuple[T | None, ...] | None:
+        """Queues ``item`` and returns the set it completes, if any.
+
+        Returns:
+            One entry per input, in input order, including ``item``; None in the slot of each
+            input lost at this arrival. None when the arrival completes no set.
+
+        Raises:
+            IndexError: If ``index`` is not a valid input.
+            TypeError: If ``index`` or ``stamp_ns`` is not an integer.
+        """
+        index = operator.index(index)
+        if not 0 <= index < self.n_inputs:
+            raise IndexError(f"index {index!r} is out of range for {self.n_inputs} inputs")
+        stamp = operator.index(stamp_ns)
+        with self._lock:
+            if self._first is None:
+                self._first = stamp
+            self._latest[index] = stamp
+            lost = self._lost()
+            skip = [i for i in lost if i != index]
+            matched = self._sync.add(index, stamp, item, skip=skip)
+        if matched is None:
+            return None
+        members = iter(matched)
+        return tuple(None if i in skip else next(members) for i in range(self.n_inputs))
+
+    def lost(self) -> tuple[int, ...]:
+        """The optional inputs lost now (as the next arrival would see them), ascending."""
+        with self._lock:
+            return self._lost()
+
+    def stats(self) -> SyncStats:
+        """Emitted sets (full or not) and per-input drops since construction."""
+        return self._sync.stats()
+
+    def pending(self) -> tuple[int, ...]:
+        """The number of items queued per input."""
+        return self._sync.pending()
+
+    def clear(self) -> None:
+        """Discards every queued item (counted as dropped) and forgets the stamps seen."""
+        with self._lock:
+            self._sync.clear()
+            self._latest = [None] * self.n_inputs
+            self._first = None
+
+    def _lost(self) -> tuple[int, ...]:
+        """Must be called with the lock held."""
+        if self._first is None:
+            return ()
+        required = [s for s in (self._latest[i] for i in self._required) if s is not None]
+        now = max(required, default=self._first)
+        lost = []
+        for i in self._optional:
+            latest = self._latest[i]
+            if now - (self._first if latest is None else latest) > self._timeout_ns:
+                lost.append(i)
+        return tuple(lost)

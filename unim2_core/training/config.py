@@ -157,6 +157,11 @@ class TrainSection:
             selection split has no labels (see ``unim2_core.training.label_free``); every
             criterion is logged at each validation either way.
         grad_clip: Clip the heads' gradient norm to this value (None: no clipping).
+        modality_dropout: Probability, per training view and auxiliary modality, that the
+            modality is hidden from the fusion (its modality-net output zeroed, exactly as
+            the node feeds a modality whose stream is lost), so one checkpoint also segments
+            without it. The loss still sees every modality's features. 0 (default) is the
+            paper's training.
     """
 
     steps: int = 3300
@@ -170,6 +175,7 @@ class TrainSection:
     selection_split: Literal["val", "test"] = "val"
     label_free_criterion: Criterion = DEFAULT_CRITERION
     grad_clip: float | None = None
+    modality_dropout: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -246,6 +252,16 @@ class TrainConfig:
             raise ConfigError(
                 "config key 'dataset.holdout_fraction' must be in (0, 1), got "
                 f"{self.dataset.holdout_fraction}"
+            )
+        if not 0.0 <= self.train.modality_dropout < 1.0:
+            raise ConfigError(
+                "config key 'train.modality_dropout' must be in [0, 1), got "
+                f"{self.train.modality_dropout}"
+            )
+        if self.train.modality_dropout > 0 and len(names) < 2:
+            raise ConfigError(
+                "config key 'train.modality_dropout' needs an auxiliary modality to drop; "
+                f"'modalities' holds only {names}"
             )
         for key, rate in (("train.lr", self.train.lr), ("train.probe_lr", self.train.probe_lr)):
             if rate <= 0:

@@ -543,8 +543,8 @@ class Trainer:
         partners = self.neighbours[anchors, ranks]
         feats = self.batch_features(anchors)  # [B, M, C, h, w]
         feats_knn = self.batch_features(partners)
-        code = self.heads(feats)  # [B, D, h, w]
-        code_knn = self.heads(feats_knn)
+        code = self.heads(feats, self._dropout_mask(len(anchors)))  # [B, D, h, w]
+        code_knn = self.heads(feats_knn, self._dropout_mask(len(partners)))
         terms = cmcs_loss(
             self.heads.harmonise,
             self.loss_config,
@@ -607,6 +607,21 @@ class Trainer:
             torch.cat(parts), heads.config.n_clusters, seed=self.config.train.seed
         )
         heads.cluster_probe.centroids.copy_(centroids)
+
+    def _dropout_mask(self, batch: int) -> Tensor | None:
+        """Which modalities each view shows the fusion ([B, M] bool), or None for all.
+
+        With ``train.modality_dropout`` p > 0 every auxiliary modality of every view is hidden
+        with probability p, drawn from the run's generator (so resume stays exact); RGB always
+        stays. With p = 0 nothing is drawn, so the paper's training is unchanged bit for bit.
+        """
+        rate = self.config.train.modality_dropout
+        if rate == 0:
+            return None
+        n_aux = len(self.config.modality_names) - 1
+        kept = torch.rand(batch, n_aux, generator=self.generator) >= rate  # [B, M - 1]
+        present = torch.cat([torch.ones(batch, 1, dtype=torch.bool), kept], dim=1)  # [B, M]
+        return present.to(self.device)
 
     def _validate(self) -> dict[str, Any]:
         """Measure health and label-free criteria (and mIoU when labelled); keep the best.
