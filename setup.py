@@ -75,6 +75,7 @@ setup(
     entry_points={
         "console_scripts": [
             "unim2_node = unim2_ros.node_main:main",
+            "unim2_lifecycle_node = unim2_ros.lifecycle_node:main",
             "unim2_replay = unim2_ros.replay.cli:main",
             "unim2_record = unim2_ros.bag_record:main",
             "unim2_import_bag = unim2_ros.bag_import:main",

@@ -45,6 +45,7 @@ def test_document_has_the_documented_layout() -> None:
             "n_clusters": 5,
             "label_source": "classes",
         },
+        "missing_modalities": [],
     }
 
 
@@ -85,3 +86,20 @@ def test_label_ids_must_be_consecutive() -> None:
 def test_invalid_documents_are_refused(text: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         parse_label_info(text)
+
+
+def test_missing_modalities_round_trip_and_default_to_none() -> None:
+    text = label_info_json(
+        LABELS,
+        checkpoint="/m.pt",
+        backbone=IDENTITY,
+        modalities=("rgb", "depth"),
+        n_clusters=3,
+        label_source="clusters",
+        missing_modalities=["depth"],
+    )
+    assert json.loads(text)["missing_modalities"] == ["depth"]
+    assert parse_label_info(text).missing_modalities == ("depth",)
+    older = json.loads(text)
+    del older["missing_modalities"]
+    assert parse_label_info(json.dumps(older)).missing_modalities == ()

@@ -161,3 +161,21 @@ def test_monitor_rejects_bad_settings(
 ) -> None:
     with pytest.raises(ValueError, match=match):
         PipelineMonitor(topics, start=0.0, stream_timeout=timeout, failure_limit=limit)
+
+
+def test_outputs_without_a_modality_are_degraded_until_it_is_back() -> None:
+    monitor = PipelineMonitor(TOPICS, start=0.0, stream_timeout=1.0)
+    _stream(monitor, (0, 1), 0.0, 1.0)
+    assert _values(monitor.report(1.0, sync_dropped=(0, 0)))["degraded"] == "false"
+    monitor.set_missing(["depth"])
+    _stream(monitor, (0,), 1.0, 1.5)
+    report = monitor.report(1.5, sync_dropped=(0, 0))
+    assert report.level is Level.WARN
+    assert report.message == "DEGRADED: segmenting without depth"
+    assert _values(report)["degraded"] == "true"
+    assert _values(report)["missing modalities"] == "depth"
+    monitor.set_missing([])
+    _stream(monitor, (0, 1), 1.5, 2.0)
+    report = monitor.report(2.0, sync_dropped=(0, 0))
+    assert report.level is Level.OK
+    assert _values(report)["missing modalities"] == "none"

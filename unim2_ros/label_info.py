@@ -12,13 +12,16 @@ Published once as a ``std_msgs/String`` with transient-local durability, so late
         "modalities": ["rgb", "depth"],
         "n_clusters": 27,
         "label_source": "classes"
-      }
+      },
+      "missing_modalities": []
     }
 
 ``labels`` lists every id the ``~/labels`` image can hold, in id order. ``label_source`` is
-``classes`` when ids are classes of the checkpoint's cluster -> class mapping (unmatched clusters
-get extra ids named ``cluster_<k>``), and ``clusters`` when ids are raw cluster ids. Importable
-without rclpy.
+``classes`` when ids are classes of the checkpoint's cluster -> class mapping (unmatched
+clusters get extra ids named ``cluster_<k>``), and ``clusters`` when ids are raw cluster ids.
+``missing_modalities`` lists the auxiliary modalities the labels are being computed without,
+because their stream was lost (empty: full fusion); the node publishes the document again
+whenever that list changes. Importable without rclpy.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class LabelInfoDocument(NamedTuple):
     modalities: tuple[str, ...]
     n_clusters: int
     label_source: LabelSource
+    missing_modalities: tuple[str, ...] = ()
 
 
 def label_info_json(
@@ -53,6 +57,7 @@ def label_info_json(
     modalities: Sequence[str],
     n_clusters: int,
     label_source: LabelSource,
+    missing_modalities: Sequence[str] = (),
 ) -> str:
     """The document above, as compact JSON text.
 
@@ -74,6 +79,7 @@ def label_info_json(
             "n_clusters": n_clusters,
             "label_source": label_source,
         },
+        "missing_modalities": list(missing_modalities),
     }
     return json.dumps(document, separators=(",", ":"))
 
@@ -100,6 +106,7 @@ def parse_label_info(text: str) -> LabelInfoDocument:
             modalities=tuple(str(m) for m in model["modalities"]),
             n_clusters=int(model["n_clusters"]),
             label_source=source,
+            missing_modalities=tuple(str(m) for m in document.get("missing_modalities", ())),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ConfigError(f"label_info document is invalid: {err!r}") from err

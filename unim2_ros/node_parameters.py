@@ -107,6 +107,16 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
         maximum=1000,
     ),
     ParameterSpec(
+        "sync.aux_timeout",
+        1.0,
+        "Seconds (stamp time) an auxiliary topic may lag RGB before the node segments without "
+        "it (DEGRADED on /diagnostics, listed in ~/label_info) until it delivers again; 0 "
+        "waits for every topic, as message_filters does. Set it above the sensor's period.",
+        read_only=False,
+        minimum=0.0,
+        maximum=60.0,
+    ),
+    ParameterSpec(
         "qos.input",
         "sensor_data",
         "QoS of the image subscriptions: sensor_data (best effort, as camera drivers "
@@ -248,6 +258,7 @@ class NodeSettings:
     input_size: int
     slop: float
     queue_size: int
+    aux_timeout: float
     qos_input: QosName
     qos_output: QosName
     publish_labels: bool
@@ -282,6 +293,7 @@ class NodeSettings:
             input_size=cast(int, checked["model.input_size"]),
             slop=cast(float, checked["sync.slop"]),
             queue_size=cast(int, checked["sync.queue_size"]),
+            aux_timeout=cast(float, checked["sync.aux_timeout"]),
             qos_input=cast(QosName, checked["qos.input"]),
             qos_output=cast(QosName, checked["qos.output"]),
             publish_labels=cast(bool, checked["output.labels"]),

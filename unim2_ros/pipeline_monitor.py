@@ -11,6 +11,9 @@ Verdict, evaluated at each report:
   input, e.g. out of GPU memory).
 - WARN: an input topic has been silent for ``stream_timeout`` seconds or more (or never
   delivered since start-up), or bad messages arrived since the previous report.
+- WARN, message starting ``DEGRADED``: the latest outputs were computed without an auxiliary
+  modality whose stream was lost (``sync.aux_timeout``); keys ``degraded`` and ``missing
+  modalities`` say which.
 - OK otherwise. Nothing latches: when a stream returns the next report is OK again.
 """
 
@@ -101,6 +104,7 @@ class PipelineMonitor:
         self._outputs = RateMeter(window, start=start)
         self._inference_ms = WindowStats(window)
         self._latency_ms = WindowStats(window)
+        self._missing: tuple[str, ...] = ()
 
     @staticmethod
     def _check_timeout(stream_timeout: float) -> None:
@@ -146,6 +150,11 @@ class PipelineMonitor:
             self._outputs.add(now)
             self._inference_ms.add(now, inference_s * 1e3)
             self._latency_ms.add(now, latency_s * 1e3)
+
+    def set_missing(self, modalities: Sequence[str]) -> None:
+        """The auxiliary modalities the latest outputs were computed without (empty: none)."""
+        with self._lock:
+            self._missing = tuple(modalities)
 
     def record_failure(self) -> None:
         """Inference raised an unexpected error for a group."""
@@ -200,6 +209,13 @@ class PipelineMonitor:
                 ("pipeline latency ms (max)", _ms(latency.max)),
                 ("output rate (Hz)", f"{output_rate:.2f}"),
             ]
+            missing = self._missing
+            values += [
+                ("degraded", "true" if missing else "false"),
+                ("missing modalities", ", ".join(missing) if missing else "none"),
+            ]
+            if missing:
+                problems.insert(0, f"DEGRADED: segmenting without {', '.join(missing)}")
             failing = self._consecutive_failures >= self._failure_limit
             consecutive = self._consecutive_failures
         if failing:

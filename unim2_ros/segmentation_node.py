@@ -68,6 +68,7 @@ from rclpy.exceptions import InvalidHandle, ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.publisher import Publisher
 from rclpy.qos import (
     DurabilityPolicy,
     QoSProfile,
@@ -93,7 +94,7 @@ from unim2_core.model.checkpoint import Bundle, load_bundle
 from unim2_core.runtime.latest_slot import LatestSlot
 from unim2_core.runtime.pointcloud import labelled_points
 from unim2_core.runtime.segmenter import Segmenter
-from unim2_core.runtime.sync import ApproximateTimeSynchronizer
+from unim2_core.runtime.sync import ApproximateTimeSynchronizer, FallbackSynchronizer
 from unim2_core.runtime.visualize import colorize, overlay
 from unim2_ros.errors import InputRejectedError
 from unim2_ros.frame_inputs import modality_array
@@ -216,33 +217,36 @@ def _load_segmenter(bundle: Bundle, settings: NodeSettings) -> Segmenter:
         raise ConfigError(f"parameter model.device: {err}") from err
 
 
-class SegmentationNode(Node):
-    """Segments synchronised RGB + auxiliary images with a UniM2 checkpoint.
+class SegmentationPipeline(Node):
+    """The node's logic in four steps, shared by :class:`SegmentationNode` and the managed
+    node of :mod:`unim2_ros.lifecycle_node`.
 
-    Args:
-        node_name: The node's name (remappable with ``__node``).
-        **kwargs: Passed to ``rclpy.node.Node`` (``context``, ``parameter_overrides``,
-            ``cli_args``, ``namespace``...).
+    - ``_configure``: declares and checks the parameters, reads the checkpoint and loads the
+      model in the inference thread (raises ConfigError naming what is wrong);
+    - ``_activate``: creates the publishers, the synchroniser, the subscriptions and the
+      diagnostics timer, and latches ``~/label_info``;
+    - ``_deactivate``: destroys those again (the model stays loaded);
+    - ``_cleanup``: stops the inference thread and frees the model.
 
-    Raises:
-        ConfigError: a parameter is invalid, the checkpoint or backbone weights cannot be
-            used, or the configuration lacks a modality the checkpoint needs; the message
-            names the parameter, path or modality.
+    The plain node runs the first two in its constructor; ``destroy_node`` runs whatever is
+    needed of the last two.
     """
 
-    def __init__(self, node_name: str = "unim2_node", **kwargs: Any) -> None:
-        super().__init__(node_name, **kwargs)
-        self._slot: LatestSlot[tuple[_Synced, ...]] = LatestSlot()
+    def _init_pipeline(self) -> None:
+        """State before configuration; called once, right after ``Node.__init__``."""
+        self._slot: LatestSlot[tuple[_Synced | None, ...]] = LatestSlot()
+        self._points_pub: Publisher[PointCloud2] | None = None
+        self._camera_modality: str | None = None
         self._worker: threading.Thread | None = None
         self._model: Segmenter | None = None
-        try:
-            self._build()
-        except BaseException:
-            self.destroy_node()
-            raise
+        self._active = False
+        self._outputs_lock = threading.Lock()
+        self._callbacks_added = False
+        self._specs: dict[str, ParameterSpec] = {}
+        self._missing: tuple[str, ...] = ()
 
-    def _build(self) -> None:
-        """Everything the constructor does, in order; a failure leaves nothing running."""
+    def _configure(self) -> None:
+        """Parameters, checkpoint and model; a failure leaves no thread or model behind."""
         self._specs = {spec.name: spec for spec in NODE_PARAMETERS}
         self._refuse_unknown_parameters()
         settings = NodeSettings.from_parameters(
@@ -271,11 +275,11 @@ class SegmentationNode(Node):
             if reason is not None:
                 raise ConfigError(f"parameter {reason}")
         self._refuse_unknown_parameters(known=list(self._specs))
-
         self._declare_points(bundle.encodings)
 
         loaded = threading.Event()
         self._load_error: BaseException | None = None
+        self._slot = LatestSlot()
         self._worker = threading.Thread(
             target=self._run_worker, args=(bundle, settings, loaded), name="unim2_inference"
         )
@@ -291,12 +295,33 @@ class SegmentationNode(Node):
             self._apply_encoding(modality)
         self._palette = np.asarray([label.color for label in self._model.labels_table], np.uint8)
         self._device_name = str(self._model.device)
+        self._trained_dropout = float(bundle.training.get("train", {}).get("modality_dropout", 0))
+        self._warned_untrained_fallback = False
+        self._settings = settings
+        self._label_info_args: dict[str, Any] = {
+            "checkpoint": settings.checkpoint,
+            "backbone": bundle.backbone,
+            "modalities": self._modalities,
+            "n_clusters": bundle.heads_config.n_clusters,
+            "label_source": "clusters" if bundle.class_mapping is None else "classes",
+        }
+        if not self._callbacks_added:
+            self.add_on_set_parameters_callback(self._check_parameters)
+            self.add_post_set_parameters_callback(self._apply_parameters)
+            self._callbacks_added = True
+        self.get_logger().info(
+            f"loaded a {'+'.join(self._modalities)} model on {self._device_name} "
+            f"({settings.precision}), {len(self._palette)} labels"
+        )
 
+    def _activate(self) -> None:
+        """Publishers, synchroniser, subscriptions and diagnostics; latches ``~/label_info``."""
+        settings = self._settings
         self._options = _OutputOptions(
-            settings.publish_labels,
-            settings.publish_colored,
-            settings.publish_overlay,
-            settings.overlay_alpha,
+            self.get_parameter("output.labels").value,
+            self.get_parameter("output.colored").value,
+            self.get_parameter("output.overlay").value,
+            self.get_parameter("output.overlay_alpha").value,
         )
         output_qos = _qos(settings.qos_output)
         self._labels_pub = self.create_publisher(Image, "~/labels", output_qos)
@@ -315,7 +340,22 @@ class SegmentationNode(Node):
             else None
         )
 
-        self._sync = self._new_synchronizer(settings.slop, settings.queue_size)
+        self._sync = self._new_synchronizer(
+            self.get_parameter("sync.slop").value,
+            self.get_parameter("sync.queue_size").value,
+            self.get_parameter("sync.aux_timeout").value,
+        )
+        self._topics = [
+            self.resolve_topic_name(f"{modality}/image") for modality in self._modalities
+        ]
+        if self._camera_modality is not None:
+            self._topics.append(self.resolve_topic_name(f"{self._camera_modality}/camera_info"))
+        self._monitor = PipelineMonitor(
+            self._topics,
+            start=time.monotonic(),
+            stream_timeout=self.get_parameter("diagnostics.stream_timeout").value,
+        )
+        self._missing = ()
         input_qos = _qos(settings.qos_input)
         self._inputs = [
             self.create_subscription(
@@ -323,39 +363,56 @@ class SegmentationNode(Node):
             )
             for index, modality in enumerate(self._modalities)
         ]
-        self._topics = [sub.topic_name for sub in self._inputs]
         if self._camera_modality is not None:
-            camera_info = self.create_subscription(
-                CameraInfo, f"{self._camera_modality}/camera_info", self._on_camera_info, input_qos
+            self._inputs.append(
+                self.create_subscription(
+                    CameraInfo,
+                    f"{self._camera_modality}/camera_info",
+                    self._on_camera_info,
+                    input_qos,
+                )
             )
-            self._topics.append(camera_info.topic_name)
-        self._monitor = PipelineMonitor(
-            self._topics, start=time.monotonic(), stream_timeout=settings.stream_timeout
-        )
-
-        self.add_on_set_parameters_callback(self._check_parameters)
-        self.add_post_set_parameters_callback(self._apply_parameters)
         self._diagnostics_timer = self.create_timer(
             DIAGNOSTICS_PERIOD_S,
             self._publish_diagnostics,
             clock=Clock(clock_type=ClockType.STEADY_TIME),
         )
-        self._label_info_pub.publish(
-            String(
-                data=label_info_json(
-                    self._model.labels_table,
-                    checkpoint=settings.checkpoint,
-                    backbone=bundle.backbone,
-                    modalities=self._modalities,
-                    n_clusters=bundle.heads_config.n_clusters,
-                    label_source="clusters" if bundle.class_mapping is None else "classes",
-                )
-            )
-        )
+        with self._outputs_lock:
+            self._active = True
+            self._publish_label_info()
         self.get_logger().info(
-            f"segmenting {'+'.join(self._modalities)} from {', '.join(self._topics)} on "
-            f"{self._device_name} ({settings.precision}), {len(self._palette)} labels"
+            f"segmenting {'+'.join(self._modalities)} from {', '.join(self._topics)}"
         )
+
+    def _deactivate(self) -> None:
+        """Stops input and output; the model stays loaded and a waiting group is discarded."""
+        for subscription in self._inputs:
+            self.destroy_subscription(subscription)
+        self._inputs = []
+        self.destroy_timer(self._diagnostics_timer)
+        with self._outputs_lock:  # an inference in flight finishes without publishing
+            self._active = False
+            for publisher in (
+                self._labels_pub,
+                self._colored_pub,
+                self._overlay_pub,
+                self._label_info_pub,
+                self._diagnostics_pub,
+            ):
+                self.destroy_publisher(publisher)
+            if self._points_pub is not None:
+                self.destroy_publisher(self._points_pub)
+                self._points_pub = None
+        self._slot.take(timeout=0)
+        self._sync.clear()
+
+    def _cleanup(self) -> None:
+        """Stops the inference thread and frees the model."""
+        self._slot.close()
+        if self._worker is not None:
+            self._worker.join()
+            self._worker = None
+        self._model = None
 
     def _refuse_unknown_parameters(self, *, known: list[str] | None = None) -> None:
         """Refuses given parameters (params file, ``-p``) that look like this node's but are
@@ -375,20 +432,37 @@ class SegmentationNode(Node):
                 raise ConfigError(problem)
 
     def _declare(self, spec: ParameterSpec) -> object:
-        """Declares one parameter and returns its value (override or default)."""
-        try:
-            value: object = self.declare_parameter(spec.name, spec.default, _descriptor(spec)).value
-        except ParameterException as err:
-            raise ConfigError(f"parameter {spec.name}: {err}") from err
+        """Declares one parameter (once: a managed node configures again after a cleanup) and
+        returns its value (override or default)."""
+        value: object
+        if self.has_parameter(spec.name):
+            value = self.get_parameter(spec.name).value
+        else:
+            try:
+                value = self.declare_parameter(spec.name, spec.default, _descriptor(spec)).value
+            except ParameterException as err:
+                raise ConfigError(f"parameter {spec.name}: {err}") from err
         reason = check_value(spec, value)
         if reason is not None:
             raise ConfigError(f"parameter {reason}")
         return value
 
     def _new_synchronizer(
-        self, slop: float, queue_size: int
-    ) -> ApproximateTimeSynchronizer[_Synced]:
-        n_inputs = len(self._modalities) + (self._camera_modality is not None)
+        self, slop: float, queue_size: int, aux_timeout: float
+    ) -> ApproximateTimeSynchronizer[_Synced] | FallbackSynchronizer[_Synced]:
+        """message_filters' synchroniser over the images (and camera_info, last), falling back
+        without lost auxiliary image topics when ``sync.aux_timeout`` is positive (see
+        :class:`unim2_core.runtime.sync.FallbackSynchronizer`)."""
+        n_images = len(self._modalities)
+        n_inputs = n_images + (self._camera_modality is not None)
+        if aux_timeout > 0 and n_images > 1:
+            return FallbackSynchronizer(
+                n_inputs,
+                queue_size=queue_size,
+                slop=slop,
+                optional=range(1, n_images),
+                timeout=aux_timeout,
+            )
         return ApproximateTimeSynchronizer(n_inputs, queue_size=queue_size, slop=slop)
 
     # --- point cloud and camera_info ------------------------------------------------------
@@ -431,10 +505,11 @@ class SegmentationNode(Node):
             self._monitor.record_stale_drop()
 
     def _split_camera_info(
-        self, synced: tuple[_Synced, ...]
-    ) -> tuple[tuple[_Frame, ...], dict[str, CameraIntrinsics]]:
-        """The image frames of a synchronised group, and the depth camera's intrinsics."""
-        images = cast(tuple[_Frame, ...], synced[: len(self._modalities)])
+        self, synced: tuple[_Synced | None, ...]
+    ) -> tuple[tuple[_Frame | None, ...], dict[str, CameraIntrinsics]]:
+        """The image frames of a synchronised group (None for a lost auxiliary stream), and
+        the depth camera's intrinsics (camera_info is never optional)."""
+        images = cast(tuple[_Frame | None, ...], synced[: len(self._modalities)])
         if self._camera_modality is None:
             return images, {}
         camera = cast(_CameraFrame, synced[-1])
@@ -513,26 +588,30 @@ class SegmentationNode(Node):
         while (group := self._slot.take()) is not None:
             self._segment(segmenter, group)
 
-    def _segment(self, segmenter: Segmenter, synced: tuple[_Synced, ...]) -> None:
+    def _segment(self, segmenter: Segmenter, synced: tuple[_Synced | None, ...]) -> None:
         group, intrinsics = self._split_camera_info(synced)
         rgb = group[0]
+        assert rgb is not None  # RGB is never optional in the synchroniser
         size = rgb.array.shape[:2]
-        mismatched = [i for i, frame in enumerate(group) if frame.array.shape[:2] != size]
+        present = {i: frame for i, frame in enumerate(group) if frame is not None}
+        mismatched = [i for i, frame in present.items() if frame.array.shape[:2] != size]
         if mismatched:
             for index in mismatched:
+                shape = present[index].array.shape
                 self._refuse(
                     index,
                     SIZE_MISMATCH,
-                    f"{group[index].array.shape[1]}x{group[index].array.shape[0]} image does "
-                    f"not match the RGB image's {size[1]}x{size[0]}",
+                    f"{shape[1]}x{shape[0]} image does not match the RGB image's "
+                    f"{size[1]}x{size[0]}",
                 )
             return
-        arrays = {
-            modality: frame.array for modality, frame in zip(self._modalities, group, strict=True)
-        }
+        arrays = {self._modalities[i]: frame.array for i, frame in present.items()}
+        missing = tuple(m for i, m in enumerate(self._modalities) if i not in present)
+        if missing != self._missing:
+            self._missing_changed(missing)
         start = time.perf_counter()
         try:
-            labels = segmenter(arrays, intrinsics=intrinsics).labels
+            labels = segmenter(arrays, intrinsics=intrinsics, missing=missing).labels
         except EncodingError as err:
             self._refuse(self._blame(err), INVALID_VALUES, str(err))
             return
@@ -544,8 +623,7 @@ class SegmentationNode(Node):
             return
         inference_s = time.perf_counter() - start
         try:
-            self._publish_outputs(rgb, labels)
-            self._publish_points(rgb, arrays, labels, intrinsics)
+            self._publish_outputs(rgb, labels, arrays, intrinsics)
         except (InvalidHandle, RCLError):
             if self.context.ok():
                 raise
@@ -561,7 +639,49 @@ class SegmentationNode(Node):
                 return index
         return 0
 
-    def _publish_outputs(self, rgb: _Frame, labels: np.ndarray) -> None:
+    def _missing_changed(self, missing: tuple[str, ...]) -> None:
+        """Reports that outputs are now computed without ``missing`` (or with everything)."""
+        self._missing = missing
+        self._monitor.set_missing(missing)
+        if missing:
+            untrained = (
+                ""
+                if self._trained_dropout > 0
+                else (
+                    "; this checkpoint was trained without train.modality_dropout, so expect "
+                    "poorer labels"
+                )
+            )
+            self.get_logger().warning(
+                f"DEGRADED: segmenting without {', '.join(missing)} (no recent message){untrained}"
+            )
+        else:
+            self.get_logger().info("every input is back: segmenting with full fusion")
+        with self._outputs_lock:
+            if self._active:
+                self._publish_label_info()
+
+    def _publish_label_info(self) -> None:
+        """Latches the label_info document; call with the outputs lock held while active."""
+        assert self._model is not None
+        text = label_info_json(
+            self._model.labels_table, missing_modalities=self._missing, **self._label_info_args
+        )
+        self._label_info_pub.publish(String(data=text))
+
+    def _publish_outputs(
+        self,
+        rgb: _Frame,
+        labels: np.ndarray,
+        arrays: dict[str, np.ndarray],
+        intrinsics: dict[str, CameraIntrinsics],
+    ) -> None:
+        with self._outputs_lock:
+            if self._active:
+                self._publish_images(rgb, labels)
+                self._publish_points(rgb, arrays, labels, intrinsics)
+
+    def _publish_images(self, rgb: _Frame, labels: np.ndarray) -> None:
         options = self._options
         if options.labels:
             encoding = "mono8" if labels.dtype == np.uint8 else "mono16"
@@ -609,10 +729,23 @@ class SegmentationNode(Node):
     def _apply_parameters(self, parameters: list[Parameter[Any]]) -> None:
         """Makes accepted run-time changes take effect."""
         names = {parameter.name for parameter in parameters}
-        if names & {"sync.slop", "sync.queue_size"}:
+        if self._model is not None:
+            for modality in self._modalities[1:]:
+                if names & set(encoding_parameter_names(modality)):
+                    self._apply_encoding(modality)
+        if names & {"points.stride", "points.max_range"}:
+            self._points = _PointsOptions(
+                self.get_parameter("points.stride").value,
+                self.get_parameter("points.max_range").value,
+            )
+        if not self._active:  # the rest is read again by the next activation
+            return
+        if names & {"sync.slop", "sync.queue_size", "sync.aux_timeout"}:
             retired = self._sync
             self._sync = self._new_synchronizer(
-                self.get_parameter("sync.slop").value, self.get_parameter("sync.queue_size").value
+                self.get_parameter("sync.slop").value,
+                self.get_parameter("sync.queue_size").value,
+                self.get_parameter("sync.aux_timeout").value,
             )
             retired.clear()
             self._monitor.add_retired_sync_drops(retired.stats().dropped)
@@ -623,16 +756,8 @@ class SegmentationNode(Node):
                 self.get_parameter("output.overlay").value,
                 self.get_parameter("output.overlay_alpha").value,
             )
-        if names & {"points.stride", "points.max_range"}:
-            self._points = _PointsOptions(
-                self.get_parameter("points.stride").value,
-                self.get_parameter("points.max_range").value,
-            )
         if "diagnostics.stream_timeout" in names:
             self._monitor.set_stream_timeout(self.get_parameter("diagnostics.stream_timeout").value)
-        for modality in self._modalities[1:]:
-            if names & set(encoding_parameter_names(modality)):
-                self._apply_encoding(modality)
 
     def _apply_encoding(self, modality: str) -> None:
         """Uses the current ``encoding.<modality>.*`` values from the next frame on."""
@@ -670,12 +795,36 @@ class SegmentationNode(Node):
 
     def destroy_node(self) -> None:
         """Stops the inference thread, frees the model, then destroys the ROS entities."""
-        self._slot.close()
-        if self._worker is not None:
-            self._worker.join()
-            self._worker = None
-        self._model = None
+        self._cleanup()
         super().destroy_node()
+
+
+class SegmentationNode(SegmentationPipeline):
+    """Segments synchronised RGB + auxiliary images with a UniM2 checkpoint.
+
+    Configures and activates itself in the constructor (for the managed variant see
+    :mod:`unim2_ros.lifecycle_node`).
+
+    Args:
+        node_name: The node's name (remappable with ``__node``).
+        **kwargs: Passed to ``rclpy.node.Node`` (``context``, ``parameter_overrides``,
+            ``cli_args``, ``namespace``...).
+
+    Raises:
+        ConfigError: a parameter is invalid, the checkpoint or backbone weights cannot be
+            used, or the configuration lacks a modality the checkpoint needs; the message
+            names the parameter, path or modality.
+    """
+
+    def __init__(self, node_name: str = "unim2_node", **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self._init_pipeline()
+        try:
+            self._configure()
+            self._activate()
+        except BaseException:
+            self.destroy_node()
+            raise
 
 
 def spin_until_shutdown(node: Node) -> None:
