@@ -27,6 +27,7 @@ import yaml
 from conftest import make_bundle
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.context import Context
+from rclpy.exceptions import InvalidHandle
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -44,7 +45,7 @@ from unim2_core.runtime.segmenter import Segmenter
 from unim2_core.runtime.visualize import overlay
 from unim2_ros.image_conversion import array_to_image, image_to_array
 from unim2_ros.label_info import parse_label_info
-from unim2_ros.segmentation_node import SegmentationNode, spin_until_shutdown
+from unim2_ros.segmentation_node import SegmentationNode, run_until_shutdown
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -726,9 +727,10 @@ def test_spin_returns_cleanly_however_the_shutdown_meets_the_executor(
         else:
             threading.Timer(0.3, context.shutdown).start()
         start = time.monotonic()
-        spin_until_shutdown(node)
+        run_until_shutdown(node)
         assert time.monotonic() - start < 10
         assert not context.ok()
+        with pytest.raises(InvalidHandle):  # destroyed by run_until_shutdown
+            node.get_publisher_names_and_types_by_node("spinner", "/")
     finally:
-        node.destroy_node()
         context.try_shutdown()

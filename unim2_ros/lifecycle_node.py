@@ -28,7 +28,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from unim2_core.errors import Unim2Error
-from unim2_ros.segmentation_node import SegmentationPipeline, spin_until_shutdown
+from unim2_ros.segmentation_node import SegmentationPipeline, run_until_shutdown
 
 
 class LifecycleSegmentationNode(SegmentationPipeline, LifecycleNode):
@@ -91,10 +91,7 @@ def main(args: list[str] | None = None) -> int:
                 node = LifecycleSegmentationNode()
             except (KeyboardInterrupt, ExternalShutdownException):
                 return 0
-            try:
-                spin_until_shutdown(node)
-            finally:
-                node.destroy_node()
+            run_until_shutdown(node)
     except RCLError as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 1

@@ -827,25 +827,33 @@ class SegmentationNode(SegmentationPipeline):
             raise
 
 
-def spin_until_shutdown(node: Node) -> None:
-    """Spins ``node`` until its context shuts down (SIGINT / SIGTERM) or Ctrl-C.
+def run_until_shutdown(node: Node) -> None:
+    """Spins ``node`` until its context shuts down (SIGINT / SIGTERM) or Ctrl-C, then destroys
+    the node and after it the executor.
 
     The signal handler shuts the context down wherever the executor happens to be, so rclpy
     reports it as an interrupt, an external shutdown, or an error about the now invalid context
     (building the executor or its wait set); the last is an error only while the context is
-    still valid.
+    still valid. The executor outlives the node's teardown on purpose: rclpy's signal thread
+    triggers the executor's SIGINT guard condition without a lock, and freeing that guard
+    condition as soon as the wake-up returned crashed the process (SIGSEGV in
+    ``rcl_trigger_guard_condition``, 3 of 8 stops while a group was in flight).
     """
-    if not node.context.ok():
-        return  # shut down already: building an executor now would fail half-way
+    executor: SingleThreadedExecutor | None = None
     try:
-        executor = SingleThreadedExecutor(context=node.context)
-        executor.add_node(node)
-        executor.spin()
+        if node.context.ok():  # shut down already: building an executor now would fail half-way
+            executor = SingleThreadedExecutor(context=node.context)
+            executor.add_node(node)
+            executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except RuntimeError:  # RCLError included
         if node.context.ok():
             raise
+    finally:
+        node.destroy_node()
+        if executor is not None:
+            executor.shutdown()
 
 
 HELP_TEXT = """usage: unim2_node [-h] [--ros-args [-p NAME:=VALUE] [--params-file FILE] [-r A:=B]]
@@ -919,10 +927,7 @@ def main(args: list[str] | None = None) -> int:
                 if rclpy.ok():
                     raise
                 return 0  # SIGINT / SIGTERM while starting: rclpy shut the context down
-            try:
-                spin_until_shutdown(node)
-            finally:
-                node.destroy_node()
+            run_until_shutdown(node)
     except UnknownROSArgsError as err:
         print(f"ERROR: unknown ROS arguments {err}; see unim2_node --help", file=sys.stderr)
         return 1
