@@ -35,7 +35,7 @@ import yaml
 from benchmarks.common import machine
 from unim2_core.data.datasets import FrameGroup
 from unim2_core.data.datasets.folder import write_frame_group
-from unim2_core.evaluation.metrics import ConfusionMatrix, score
+from unim2_core.evaluation.metrics import ConfusionMatrix, score, score_with_mapping
 from unim2_core.runtime.segmenter import Segmenter
 from unim2_core.training.config import parse_config
 from unim2_core.training.trainer import train
@@ -101,23 +101,6 @@ def _confusion(
     return confusion.matrix
 
 
-def fixed_mapping_scores(confusion: np.ndarray, mapping: np.ndarray) -> tuple[float, float]:
-    """mIoU and pixel accuracy (percent) of ``confusion`` [K, classes] under a given
-    cluster -> class ``mapping`` (-1: no class), with the rules of
-    ``unim2_core.evaluation.metrics.score``."""
-    n_classes = confusion.shape[1]
-    matched = np.zeros((n_classes, n_classes), dtype=np.int64)  # [predicted class, true class]
-    for cluster, target in enumerate(mapping):
-        if target >= 0:
-            matched[target] += confusion[cluster]
-    tp = np.diag(matched)
-    union = matched.sum(1) + confusion.sum(0) - tp  # TP + FP + FN
-    defined = union > 0
-    miou = float(100 * np.mean(tp[defined] / union[defined]))
-    accuracy = float(100 * tp.sum() / confusion.sum())
-    return miou, accuracy
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/unim2_sensor_loss"))
@@ -157,8 +140,8 @@ def main(argv: list[str] | None = None) -> None:
             own = score(confusion)
             if full_mapping is None:
                 full_mapping = own.mapping
-            fixed = fixed_mapping_scores(confusion, full_mapping)
-            rows.append((title, condition, fixed, (own.miou, own.accuracy)))
+            kept = score_with_mapping(confusion, full_mapping)
+            rows.append((title, condition, (kept.miou, kept.accuracy), (own.miou, own.accuracy)))
     print()
     print(
         "| Model | Input | mIoU (matching with depth) | Acc. (matching with depth) "

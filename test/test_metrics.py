@@ -13,6 +13,7 @@ from unim2_core.evaluation.metrics import (
     apply_mapping,
     confusion_matrix,
     score,
+    score_with_mapping,
 )
 
 
@@ -260,3 +261,34 @@ def test_apply_mapping_maps_clusters_and_fills_unmatched() -> None:
 def test_apply_mapping_rejects_unknown_cluster() -> None:
     with pytest.raises(DataError, match=r"cluster ids \[3\] are outside 0\.\.2"):
         apply_mapping(np.array([0, 3]), np.array([1, -1, 0]))
+
+
+def test_score_with_a_kept_mapping_by_hand() -> None:
+    # Frames where the model's cluster 0 drifted onto class 1: the Hungarian matching would
+    # swap the clusters, a kept mapping (0 -> 0, 1 -> 1, 2 -> none) must not.
+    confusion = np.array([[2, 6], [5, 1], [0, 2]])
+    kept = score_with_mapping(confusion, np.array([0, 1, -1]))
+    # class 0: TP 2, FP 6, FN 5 -> 2/13; class 1: TP 1, FP 5, FN 6+2 -> 1/14
+    assert kept.per_class_iou == pytest.approx([100 * 2 / 13, 100 * 1 / 14])
+    assert kept.accuracy == pytest.approx(100 * 3 / 16)
+    assert kept.unmatched.tolist() == [0, 2]
+    hungarian = score(confusion)
+    assert hungarian.mapping.tolist() == [1, 0, -1]
+    assert hungarian.miou > kept.miou
+    again = score_with_mapping(confusion, hungarian.mapping)
+    assert (again.miou, again.accuracy) == (hungarian.miou, hungarian.accuracy)
+
+
+@pytest.mark.parametrize(
+    ("mapping", "match"),
+    [
+        ([0, 1], "each of the 3 clusters a class id in -1..1"),
+        ([0, 2, -1], "each of the 3 clusters"),
+        ([1, 1, -1], "two clusters the same class"),
+    ],
+)
+def test_score_with_mapping_rejects_a_mapping_that_is_no_matching(
+    mapping: list[int], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        score_with_mapping(np.array([[2, 6], [5, 1], [0, 2]]), np.array(mapping))

@@ -164,14 +164,41 @@ def score(confusion: np.ndarray) -> SegmentationScores:
     if (confusion < 0).any():
         raise ValueError("confusion holds negative counts")
     confusion = confusion.astype(np.int64, copy=False)
-    n_clusters, n_classes = confusion.shape
-    total = int(confusion.sum())
-    if total == 0:
+    if int(confusion.sum()) == 0:
         raise DataError("the confusion matrix counts no labelled pixel; nothing to score")
 
     clusters, classes = linear_sum_assignment(confusion, maximize=True)
-    mapping = np.full(n_clusters, -1, dtype=np.int64)
+    mapping = np.full(confusion.shape[0], -1, dtype=np.int64)
     mapping[clusters] = classes
+    return score_with_mapping(confusion, mapping)
+
+
+def score_with_mapping(confusion: np.ndarray, mapping: np.ndarray) -> SegmentationScores:
+    """Score ``confusion`` under a given one-to-one cluster -> class ``mapping`` (-1: no class).
+
+    :func:`score` with the Hungarian matching; called directly it keeps a matching found on
+    other frames, e.g. a model's label meanings when one of its sensors drops out.
+
+    Raises:
+        ValueError: ``mapping`` does not give each of the K clusters one class id in
+            -1..n_classes-1, or gives two clusters the same class.
+        DataError: ``confusion`` counts no labelled pixel at all.
+    """
+    confusion = np.asarray(confusion).astype(np.int64, copy=False)
+    mapping = np.asarray(mapping)
+    n_clusters, n_classes = confusion.shape
+    if mapping.shape != (n_clusters,) or mapping.min() < -1 or mapping.max() >= n_classes:
+        raise ValueError(
+            f"mapping must give each of the {n_clusters} clusters a class id in "
+            f"-1..{n_classes - 1}, got {mapping.tolist()}"
+        )
+    clusters = np.flatnonzero(mapping >= 0)
+    classes = mapping[clusters]
+    if len(np.unique(classes)) != len(classes):
+        raise ValueError(f"mapping gives two clusters the same class: {mapping.tolist()}")
+    total = int(confusion.sum())
+    if total == 0:
+        raise DataError("the confusion matrix counts no labelled pixel; nothing to score")
     matched = np.zeros((n_classes, n_classes), dtype=np.int64)
     matched[classes] = confusion[clusters]
     unmatched = confusion[mapping < 0].sum(axis=0)
