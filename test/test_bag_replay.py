@@ -33,6 +33,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
+from unim2_core.data.camera import CameraIntrinsics
 from unim2_core.data.datasets.base import default_palette
 from unim2_core.data.encoding import ModalityEncoding
 from unim2_core.data.image_io import read_image, write_png
@@ -60,6 +61,7 @@ from unim2_ros.replay import (
     replay_live,
     replay_offline,
 )
+from unim2_ros.replay.common import CameraInfoTrack, camera_info_topic
 from unim2_ros.segmentation_node import SegmentationNode
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -287,6 +289,109 @@ def test_offline_replay_names_ground_truth_classes_from_the_checkpoint_mapping(
     labels = read_labels(tmp_path / "out", stems(frames))
     np.testing.assert_array_equal(labels, direct_labels(mapped_segmenter, frames))
     assert max(int(label.max()) for label in labels) < len(mapped_segmenter.labels_table)
+
+
+HHA_DEPTH = "/cam/depth/image_raw"
+HHA_INFO = "/cam/depth/camera_info"
+
+
+def write_hha_bag(
+    path: Path, frames: Sequence[SceneFrame], calibrations: Sequence[np.ndarray]
+) -> Path:
+    """RGB and depth beside a camera_info topic: ``calibrations[0]`` stamped with the first
+    frame, ``calibrations[1]`` with the fourth (a recalibration mid-bag)."""
+    with BagImageWriter(path) as writer:
+        for index, frame in enumerate(frames):
+            writer.write_image(RGB, frame.rgb, "rgb8", frame.stamp_ns, "camera")
+            writer.write_image(HHA_DEPTH, frame.depth_mm, "16UC1", frame.stamp_ns, "camera")
+            if index in (0, 3):
+                writer.write_camera_info(
+                    HHA_INFO,
+                    width=64,
+                    height=48,
+                    k=calibrations[index // 3],
+                    stamp_ns=frame.stamp_ns,
+                    frame_id="camera",
+                )
+    return path
+
+
+def test_offline_replay_of_a_depth_hha_model_uses_the_bags_camera_info_per_frame(
+    tmp_path: Path, frames: list[SceneFrame], imgfocus_backbone: Backbone
+) -> None:
+    encodings = {
+        "rgb": ModalityEncoding.default("rgb"),
+        "depth": ModalityEncoding.default("depth_hha"),
+    }
+    hha = Segmenter(
+        make_bundle(imgfocus_backbone, encodings, n_clusters=5, shorter_side=SIDE),
+        imgfocus_backbone,
+        device="cpu",
+    )
+    calibrations = [
+        np.array([[40.0, 0, 31.5], [0, 42.0, 23.5], [0, 0, 1]]),
+        np.array([[20.0, 0, 10.0], [0, 20.0, 40.0], [0, 0, 1]]),
+    ]
+    cameras = [CameraIntrinsics.from_matrix(k.ravel().tolist(), 64, 48) for k in calibrations]
+    bag = write_hha_bag(tmp_path / "bag", frames, calibrations)
+    topics = {"rgb": RGB, "depth": HHA_DEPTH}
+
+    result = replay_offline(bag, hha, topics, tmp_path / "out")
+
+    def direct(frame: SceneFrame, camera: CameraIntrinsics) -> np.ndarray:
+        arrays = {"rgb": frame.rgb, "depth": frame.depth_mm}
+        return hha(arrays, intrinsics={"depth": camera}).labels
+
+    assert result.n_frames == N_FRAMES
+    for index, labels in enumerate(read_labels(tmp_path / "out", stems(frames))):
+        np.testing.assert_array_equal(labels, direct(frames[index], cameras[index // 3]))
+    document = json.loads(result.json.read_text())
+    assert document["settings"]["intrinsics"] == f"depth: {HHA_INFO} of the bag"
+
+    # Without camera_info in the bag, the model's stored intrinsics would be used; this one
+    # stores none, so every frame is refused with the encoding's reason.
+    no_info = tmp_path / "no_info"
+    with BagImageWriter(no_info) as writer:
+        for frame in frames:
+            writer.write_image(RGB, frame.rgb, "rgb8", frame.stamp_ns, "camera")
+            writer.write_image(HHA_DEPTH, frame.depth_mm, "16UC1", frame.stamp_ns, "camera")
+    with pytest.raises(DataError, match="depth_hha encoding needs the camera's"):
+        replay_offline(no_info, hha, topics, tmp_path / "refused")
+
+
+def test_camera_info_track_gives_each_stamp_the_calibration_in_force(tmp_path: Path) -> None:
+    # Random heads barely listen to depth (the labels of both calibrations are equal), so the
+    # track that picks each frame's calibration is checked here on its own.
+    bag = tmp_path / "bag"
+    with BagImageWriter(bag) as writer:
+        writer.write_image(RGB, np.zeros((48, 64, 3), np.uint8), "rgb8", 100, "camera")
+        for stamp, fx in ((100, 40.0), (200, 0.0), (300, 20.0)):  # fx 0: uncalibrated
+            k = np.array([[fx, 0, 31.5], [0, fx, 23.5], [0, 0, 1]])
+            writer.write_camera_info(
+                HHA_INFO, width=64, height=48, k=k, stamp_ns=stamp, frame_id="camera"
+            )
+    with BagReader(bag) as reader:
+        track = CameraInfoTrack(reader, HHA_INFO)
+        with pytest.raises(BagError, match="topic '/cam/rgb' .* not sensor_msgs/msg/CameraInfo"):
+            CameraInfoTrack(reader, RGB)
+    assert track.unusable == 1
+    assert [track.at(stamp).fx for stamp in (0, 100, 250, 299, 300, 10**12)] == [
+        40.0,
+        40.0,
+        40.0,
+        40.0,
+        20.0,
+        20.0,
+    ]
+    assert camera_info_topic("/cam/depth/image_raw") == HHA_INFO
+
+    zeros = tmp_path / "zeros"
+    with BagImageWriter(zeros) as writer:
+        writer.write_camera_info(
+            HHA_INFO, width=64, height=48, k=np.zeros((3, 3)), stamp_ns=1, frame_id="camera"
+        )
+    with BagReader(zeros) as reader, pytest.raises(DataError, match="holds no calibrated camera"):
+        CameraInfoTrack(reader, HHA_INFO)
 
 
 def test_label_folder_refuses_files_not_named_by_stamp(tmp_path: Path) -> None:

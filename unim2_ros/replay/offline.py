@@ -18,11 +18,20 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from unim2_core.data.camera import CameraIntrinsics
+from unim2_core.data.encoding import EncodingKind
 from unim2_core.errors import DataError, EncodingError
 from unim2_core.evaluation.replay_writer import ReplayResult
 from unim2_core.runtime.segmenter import Segmenter
 from unim2_ros.bag_io import BagReader
-from unim2_ros.replay.common import NODE_QUEUE_SIZE, NODE_SLOP, progress_bar, start_pass
+from unim2_ros.replay.common import (
+    NODE_QUEUE_SIZE,
+    NODE_SLOP,
+    CameraInfoTrack,
+    camera_info_topic,
+    progress_bar,
+    start_pass,
+)
 
 __all__ = ["replay_offline"]
 
@@ -85,6 +94,7 @@ def replay_offline(
         f"on {device}"
     )
     with BagReader(bag) as reader:
+        cameras, intrinsics_source = _camera_tracks(reader, segmenter, topics)
         replay = start_pass(
             reader,
             topics,
@@ -105,7 +115,12 @@ def replay_offline(
             queue_size=queue_size,
             slop=slop,
             strict=strict,
-            settings={"slop_s": slop, "queue_size": queue_size, "strict": strict},
+            settings={
+                "slop_s": slop,
+                "queue_size": queue_size,
+                "strict": strict,
+                **({"intrinsics": intrinsics_source} if intrinsics_source else {}),
+            },
             overlay_alpha=overlay_alpha,
             video=video,
         )
@@ -120,7 +135,8 @@ def replay_offline(
         for index, frame in enumerate(frames):
             start = time.perf_counter()
             try:
-                labels = segmenter(frame.arrays).labels
+                intrinsics = {m: track.at(frame.stamp_ns) for m, track in cameras.items()}
+                labels = segmenter(frame.arrays, intrinsics=intrinsics).labels
             except EncodingError as err:
                 if strict:
                     raise DataError(
@@ -132,3 +148,30 @@ def replay_offline(
             latency_ms = (time.perf_counter() - start) * 1e3
             replay.add(index, frame, labels, latency_ms)
         return replay.finish({"frames refused by the model": refused})
+
+
+def _camera_tracks(
+    reader: BagReader, segmenter: Segmenter, topics: Mapping[str, str]
+) -> tuple[dict[str, CameraInfoTrack], str | None]:
+    """The camera_info track of each modality whose encoding needs intrinsics (``depth_hha``),
+    read from the topic beside its image topic, and a line saying where intrinsics came from.
+
+    A modality without such a topic in the bag uses the intrinsics stored in the checkpoint
+    (the training camera's), as ``Segmenter`` does without per-frame intrinsics.
+    """
+    tracks: dict[str, CameraInfoTrack] = {}
+    sources: list[str] = []
+    for modality, encoding in segmenter.encodings.items():
+        if encoding.kind is not EncodingKind.DEPTH_HHA or modality not in topics:
+            continue
+        topic = camera_info_topic(topics[modality])
+        if topic in reader.info.topics:
+            tracks[modality] = CameraInfoTrack(reader, topic)
+            sources.append(f"{modality}: {topic} of the bag")
+        else:
+            stored: CameraIntrinsics | None = encoding.intrinsics
+            sources.append(
+                f"{modality}: the checkpoint's {stored.to_list() if stored else None} "
+                f"(no {topic} in the bag)"
+            )
+    return tracks, "; ".join(sources) or None
