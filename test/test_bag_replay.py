@@ -296,15 +296,20 @@ HHA_INFO = "/cam/depth/camera_info"
 
 
 def write_hha_bag(
-    path: Path, frames: Sequence[SceneFrame], calibrations: Sequence[np.ndarray]
+    path: Path,
+    frames: Sequence[SceneFrame],
+    calibrations: Sequence[np.ndarray],
+    *,
+    every_frame: bool = False,
 ) -> Path:
-    """RGB and depth beside a camera_info topic: ``calibrations[0]`` stamped with the first
-    frame, ``calibrations[1]`` with the fourth (a recalibration mid-bag)."""
+    """RGB and depth beside a camera_info topic: ``calibrations[0]`` for the first three
+    frames, ``calibrations[1]`` from the fourth (a recalibration mid-bag); written once each,
+    or with every frame (as a camera driver publishes it) with ``every_frame``."""
     with BagImageWriter(path) as writer:
         for index, frame in enumerate(frames):
             writer.write_image(RGB, frame.rgb, "rgb8", frame.stamp_ns, "camera")
             writer.write_image(HHA_DEPTH, frame.depth_mm, "16UC1", frame.stamp_ns, "camera")
-            if index in (0, 3):
+            if every_frame or index in (0, 3):
                 writer.write_camera_info(
                     HHA_INFO,
                     width=64,
@@ -316,24 +321,27 @@ def write_hha_bag(
     return path
 
 
+CALIBRATIONS = [
+    np.array([[40.0, 0, 31.5], [0, 42.0, 23.5], [0, 0, 1]]),
+    np.array([[20.0, 0, 10.0], [0, 20.0, 40.0], [0, 0, 1]]),
+]
+HHA_ENCODINGS = {
+    "rgb": ModalityEncoding.default("rgb"),
+    "depth": ModalityEncoding.default("depth_hha"),
+}
+
+
+@pytest.fixture(scope="module")
+def hha_bundle(imgfocus_backbone: Backbone) -> Bundle:
+    return make_bundle(imgfocus_backbone, HHA_ENCODINGS, n_clusters=5, shorter_side=SIDE)
+
+
 def test_offline_replay_of_a_depth_hha_model_uses_the_bags_camera_info_per_frame(
-    tmp_path: Path, frames: list[SceneFrame], imgfocus_backbone: Backbone
+    tmp_path: Path, frames: list[SceneFrame], hha_bundle: Bundle, imgfocus_backbone: Backbone
 ) -> None:
-    encodings = {
-        "rgb": ModalityEncoding.default("rgb"),
-        "depth": ModalityEncoding.default("depth_hha"),
-    }
-    hha = Segmenter(
-        make_bundle(imgfocus_backbone, encodings, n_clusters=5, shorter_side=SIDE),
-        imgfocus_backbone,
-        device="cpu",
-    )
-    calibrations = [
-        np.array([[40.0, 0, 31.5], [0, 42.0, 23.5], [0, 0, 1]]),
-        np.array([[20.0, 0, 10.0], [0, 20.0, 40.0], [0, 0, 1]]),
-    ]
-    cameras = [CameraIntrinsics.from_matrix(k.ravel().tolist(), 64, 48) for k in calibrations]
-    bag = write_hha_bag(tmp_path / "bag", frames, calibrations)
+    hha = Segmenter(hha_bundle, imgfocus_backbone, device="cpu")
+    cameras = [CameraIntrinsics.from_matrix(k.ravel().tolist(), 64, 48) for k in CALIBRATIONS]
+    bag = write_hha_bag(tmp_path / "bag", frames, CALIBRATIONS)
     topics = {"rgb": RGB, "depth": HHA_DEPTH}
 
     result = replay_offline(bag, hha, topics, tmp_path / "out")
@@ -659,6 +667,37 @@ def test_live_lockstep_replay_through_the_node_reproduces_the_offline_labels(
     assert "labels arrived here minus the time the RGB message was published" in (
         result.report.read_text()
     )
+
+
+def test_live_replay_publishes_the_bags_camera_info_to_a_depth_hha_node(
+    tmp_path: Path,
+    ros_domain_id: int,
+    frames: list[SceneFrame],
+    hha_bundle: Bundle,
+    imgfocus_backbone: Backbone,
+    imgfocus_weights: Path,
+) -> None:
+    # A depth_hha node groups each frame with its camera_info: without the bag's camera_info
+    # on its depth/camera_info it would never output a label.
+    bag = write_hha_bag(tmp_path / "bag", frames, CALIBRATIONS, every_frame=True)
+    topics = {"rgb": RGB, "depth": HHA_DEPTH}
+    offline = replay_offline(
+        bag, Segmenter(hha_bundle, imgfocus_backbone, device="cpu"), topics, tmp_path / "offline"
+    )
+    checkpoint = save_bundle(hha_bundle, tmp_path / "model.pt")
+    with running_node(ros_domain_id, checkpoint, imgfocus_weights):
+        result = replay_live(
+            bag, topics, tmp_path / "live", lockstep=True, rate=math.inf, timeout=20
+        )
+
+    assert (result.n_frames, result.missing) == (N_FRAMES, 0)
+    np.testing.assert_array_equal(
+        read_labels(tmp_path / "live", stems(frames)),
+        read_labels(tmp_path / "offline", stems(frames)),
+    )
+    assert offline.n_frames == N_FRAMES
+    counts = json.loads(result.json.read_text())["counts"]
+    assert counts["input messages published"] == 3 * N_FRAMES  # rgb, depth, camera_info
 
 
 def test_live_replay_at_the_recorded_rate_publishes_on_the_remapped_bag_topics(

@@ -57,13 +57,14 @@ from rclpy.qos import (
     qos_profile_system_default,
 )
 from rclpy.subscription import Subscription
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
 from unim2_core.errors import ConfigError
 from unim2_core.evaluation.replay_writer import ReplayResult
 from unim2_core.runtime.sync import ApproximateTimeSynchronizer
 from unim2_ros.bag_io import (
+    CAMERA_INFO_TYPE,
     IMAGE_TYPE,
     MODALITY_ENCODINGS,
     STRING_TYPE,
@@ -78,7 +79,7 @@ from unim2_ros.errors import ImageConversionError, NodeConnectionError, ReplayEr
 from unim2_ros.image_conversion import header_stamp_ns, image_to_array
 from unim2_ros.label_info import LabelInfoDocument, parse_label_info
 from unim2_ros.node_parameters import QOS_NAMES, QosName
-from unim2_ros.replay.common import ReplayPass, progress_bar, start_pass
+from unim2_ros.replay.common import ReplayPass, camera_info_topic, progress_bar, start_pass
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_S",
@@ -289,15 +290,7 @@ class _NodeLink:
         prefix = self.namespace.rstrip("/")
         candidates = {m: (t, f"{prefix}/{m}/image") for m, t in topics.items()}
         chosen: dict[str, str] = {}
-
-        def subscribed() -> set[str]:
-            if not self._node_seen():
-                return set()
-            try:
-                pairs = self.node.get_subscriber_names_and_types_by_node(self.name, self.namespace)
-            except RuntimeError:  # rclpy's NodeNameNonExistentError: it left in between
-                return set()
-            return {topic for topic, _ in pairs}
+        subscribed = self._subscribed
 
         def ready() -> bool:
             present = subscribed()
@@ -320,14 +313,43 @@ class _NodeLink:
         self._wait(ready, failure)
         return chosen
 
-    def publishers(self, topics: Mapping[str, str], qos: QoSProfile) -> dict[str, Publisher[Any]]:
-        """Image publishers on ``topics``, once the node's subscriptions have matched them.
+    def camera_info_topics(self, topics: Mapping[str, str]) -> dict[str, str]:
+        """Bag camera_info topic -> where to publish it: the same topic if the node subscribes
+        to it, else ``<namespace>/<modality>/camera_info``; ``topics`` maps modality -> bag
+        topic. Topics the node reads under neither name are left out (it does not need them).
+        """
+        prefix = self.namespace.rstrip("/")
+        present = self._subscribed()
+        chosen: dict[str, str] = {}
+        for modality, topic in topics.items():
+            found = [t for t in (topic, f"{prefix}/{modality}/camera_info") if t in present]
+            if found:
+                chosen[topic] = found[0]
+        return chosen
+
+    def _subscribed(self) -> set[str]:
+        """The topics the node subscribes to (empty while it is not seen)."""
+        if not self._node_seen():
+            return set()
+        try:
+            pairs = self.node.get_subscriber_names_and_types_by_node(self.name, self.namespace)
+        except RuntimeError:  # rclpy's NodeNameNonExistentError: it left in between
+            return set()
+        return {topic for topic, _ in pairs}
+
+    def publishers(
+        self, topics: Mapping[str, str], qos: QoSProfile, msg_type: type = Image
+    ) -> dict[str, Publisher[Any]]:
+        """Publishers of ``msg_type`` on ``topics``, once the node's subscriptions have matched
+        them.
 
         Raises:
             ReplayError: A publisher is not matched within the connect timeout (QoS mismatch:
                 a reliable subscription never matches a best-effort publisher).
         """
-        made = {m: self.node.create_publisher(Image, topic, qos) for m, topic in topics.items()}
+        made: dict[str, Publisher[Any]] = {
+            k: self.node.create_publisher(msg_type, topic, qos) for k, topic in topics.items()
+        }
         self._wait(
             lambda: (
                 all(p.get_subscription_count() > 0 for p in made.values())
@@ -426,20 +448,23 @@ def _play(
     publishers: Mapping[str, Publisher[Any]],
     topics: Mapping[str, str],
     *,
+    camera_infos: Mapping[str, Publisher[Any]],
     rate: float,
     slop: float,
     queue_size: int,
     strict: bool,
     progress: bool,
 ) -> int:
-    """Publishes the bag's messages of ``topics`` in log order at ``rate``; returns the count."""
+    """Publishes the bag's messages of ``topics`` (and the ``camera_infos`` topics) in log order
+    at ``rate``; returns the count."""
     modalities = list(topics)
     role = {topic: modality for modality, topic in topics.items()}
     sync: ApproximateTimeSynchronizer[int] = ApproximateTimeSynchronizer(
         len(modalities), queue_size=queue_size, slop=slop
     )
-    messages = reader.messages(list(topics.values()), strict=strict)
-    total = sum(reader.info.topics[topic].message_count for topic in topics.values())
+    read = [*topics.values(), *camera_infos]
+    messages = reader.messages(read, strict=strict)
+    total = sum(reader.info.topics[topic].message_count for topic in read)
     store = typestore()
     first_log: int | None = None
     start = time.monotonic_ns()
@@ -454,6 +479,12 @@ def _play(
             play.sleep_until(start + paused + int((message.timestamp_ns - first_log) / rate))
         else:
             play.drain(0.0)
+        if message.topic in camera_infos:
+            camera_infos[message.topic].publish(
+                bytes(store.serialize_cdr(message.msg, CAMERA_INFO_TYPE))
+            )
+            sent += 1
+            continue
         modality = role[message.topic]
         data = bytes(store.serialize_cdr(message.msg, IMAGE_TYPE))
         stamp = header_stamp_ns(message.msg.header)
@@ -628,6 +659,14 @@ def replay_live(
             )
             used = replay.topics
             publishers = link.publishers(link.input_topics(used), input_qos)
+            beside = {m: camera_info_topic(t) for m, t in used.items()}
+            camera_infos = link.publishers(
+                link.camera_info_topics(
+                    {m: t for m, t in beside.items() if t in reader.info.topics}
+                ),
+                input_qos,
+                CameraInfo,
+            )
             output_bag = replay.writer.out_dir / OUTPUT_BAG
             with BagImageWriter(output_bag, storage=storage) as bag_writer:
                 bag_writer.add_topic(link.labels_topic, IMAGE_TYPE, qos=labels_qos)
@@ -639,6 +678,7 @@ def replay_live(
                     play,
                     publishers,
                     used,
+                    camera_infos=camera_infos,
                     rate=rate,
                     slop=slop,
                     queue_size=queue_size,
