@@ -632,12 +632,9 @@ class SegmentationPipeline(Node):
         self._monitor.record_segmented(time.monotonic(), inference_s, latency_ns * 1e-9)
 
     def _blame(self, err: EncodingError) -> int:
-        """Index of the modality an encoding error names (its message starts with the name)."""
-        text = str(err)
-        for index, modality in enumerate(self._modalities):
-            if text.startswith(f"{modality}:"):
-                return index
-        return 0
+        """Index of the input an encoding error is about (RGB when it names no input)."""
+        modality = err.modality
+        return self._modalities.index(modality) if modality in self._modalities else 0
 
     def _missing_changed(self, missing: tuple[str, ...]) -> None:
         """Reports that outputs are now computed without ``missing`` (or with everything)."""
