@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -148,11 +149,47 @@ def test_from_dict_rejects_bad_settings_naming_the_key(data: dict[str, object], 
 
 def test_check_group_names_missing_modality_and_differing_sizes() -> None:
     rgb = np.zeros((4, 6, 3), np.uint8)
-    with pytest.raises(EncodingError, match=r"lacks modality \['depth'\]"):
+    with pytest.raises(EncodingError, match=r"lacks modality \['depth'\]") as missing:
         check_group({"rgb": rgb}, ["rgb", "depth"])
-    with pytest.raises(EncodingError, match="rgb 4x6, depth 4x5"):
+    assert missing.value.modality == "depth"
+    with pytest.raises(EncodingError, match="rgb 4x6, depth 4x5") as differing:
         check_group({"rgb": rgb, "depth": np.ones((4, 5), np.uint16)}, ["rgb", "depth"])
+    assert differing.value.modality == "depth"
     assert check_group({"rgb": rgb, "depth": np.ones((4, 6), np.uint16)}, ["rgb", "depth"]) == (
         4,
         6,
     )
+
+
+@pytest.mark.parametrize(
+    ("kind", "array", "match"),
+    [
+        ("rgb", [[1, 2]], "expected a numpy array"),
+        ("rgb", np.zeros((0, 4, 3), np.uint8), "empty array"),
+        ("rgb", np.zeros((4, 4), np.uint8), "HxWx3"),
+        ("rgb", np.zeros((4, 4, 3), np.uint16), "expects uint8"),
+        ("depth", np.zeros((4, 4), np.int32), "uint16 millimetres"),
+        ("depth", np.zeros((4, 4), np.uint16), "no valid pixel"),
+        ("depth_hha", np.ones((4, 4), np.uint16), "needs the camera's intrinsics"),
+        ("thermal", np.zeros((4, 4, 2), np.uint16), "single-channel"),
+        ("thermal", np.full((4, 4), np.nan, np.float32), "expects uint8 input, got float32"),
+        ("aolp", np.zeros((4, 4, 2), np.float64), r"\(sin, cos\) must be float32"),
+        ("aolp", np.full((4, 4, 2), np.nan, np.float32), "NaN or Inf"),
+    ],
+)
+def test_encoding_errors_carry_the_modality_name(kind: str, array: np.ndarray, match: str) -> None:
+    with pytest.raises(EncodingError, match=f"^front: .*{match}") as caught:
+        ModalityEncoding.default(kind).encode(array, name="front")
+    assert caught.value.modality == "front"
+
+
+def test_unnamed_encoding_errors_carry_the_kind() -> None:
+    with pytest.raises(EncodingError, match="^thermal: contains NaN") as caught:
+        ModalityEncoding.default("thermal", "float32").encode(np.full((2, 2), np.nan, np.float32))
+    assert caught.value.modality == "thermal"
+
+
+def test_encoding_error_keeps_its_modality_through_pickling() -> None:
+    copy = pickle.loads(pickle.dumps(EncodingError("front: bad", modality="front")))
+    assert (type(copy), str(copy), copy.modality) == (EncodingError, "front: bad", "front")
+    assert EncodingError("camera matrix must have 9 values").modality is None

@@ -127,8 +127,9 @@ def test_millimetres_and_metres_give_the_same_hha_and_holes_read_zero() -> None:
 
 
 def test_hha_refuses_a_frame_without_valid_depth() -> None:
-    with pytest.raises(EncodingError, match="front: depth image has no valid pixel"):
+    with pytest.raises(EncodingError, match="front: depth image has no valid pixel") as caught:
         hha_from_depth(np.zeros((8, 8), np.uint16), CAMERA, name="front")
+    assert caught.value.modality == "front"
 
 
 def _nyu(sample: Path, stem: str) -> tuple[np.ndarray, np.ndarray]:

@@ -158,7 +158,11 @@ def test_bad_options_are_refused(kwargs: dict[str, float], match: str) -> None:
 
 def test_bad_depth_and_colour_arrays_are_refused() -> None:
     depth_mm, rgb, labels = _frame()
-    with pytest.raises(EncodingError, match="front: depth must be uint16 .* got int32"):
+    with pytest.raises(EncodingError, match="front: depth must be uint16 .* got int32") as depth:
         labelled_points(depth_mm.astype(np.int32), rgb, labels, CAMERA, name="front")
-    with pytest.raises(EncodingError, match=r"rgb: expected uint8 HxWx3 colours, got float32"):
+    assert depth.value.modality == "front"
+    with pytest.raises(
+        EncodingError, match=r"rgb: expected uint8 HxWx3 colours, got float32"
+    ) as colour:
         labelled_points(depth_mm, rgb.astype(np.float32), labels, CAMERA)
+    assert colour.value.modality == "rgb"

@@ -73,8 +73,12 @@ def test_encode_group_follows_encoding_order_and_checks_sizes() -> None:
     assert out.shape == (2, 2, 3, 3)
     np.testing.assert_allclose(out[0], 1.0)
     np.testing.assert_allclose(out[1], 0.5)
-    with pytest.raises(EncodingError, match="differ in size"):
+    with pytest.raises(EncodingError, match="differ in size") as differing:
         encode_group({"rgb": rgb, "depth": depth[:, :2]}, encodings)
+    assert differing.value.modality == "depth"
+    with pytest.raises(EncodingError, match="^depth: depth image has no valid pixel") as invalid:
+        encode_group({"rgb": rgb, "depth": np.zeros_like(depth)}, encodings)
+    assert invalid.value.modality == "depth"
 
 
 def test_preprocess_config_validates_and_round_trips() -> None:

@@ -20,7 +20,21 @@ class BackboneError(Unim2Error):
 
 
 class EncodingError(Unim2Error):
-    """A raw modality array cannot be encoded (wrong dtype, shape, size or values)."""
+    """A raw modality array cannot be encoded (wrong dtype, shape, size or values).
+
+    ``modality`` names the modality whose array is at fault (the name the caller gave, or the
+    encoding kind when it gave none), so a caller can act on it, for example count the drop
+    against that input, without reading the message; None when no single modality is to blame
+    (a camera matrix, a mismatch between non-modality images).
+    """
+
+    def __init__(self, message: str, *, modality: str | None = None) -> None:
+        super().__init__(message)
+        self.modality = modality
+
+    def __reduce__(self) -> tuple[type[EncodingError], tuple[str], dict[str, str | None]]:
+        """Keeps ``modality`` through pickling (worker processes hand errors back this way)."""
+        return (type(self), (str(self),), {"modality": self.modality})
 
 
 class CheckpointError(Unim2Error):

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import rclpy
-from rclpy._rclpy_pybind11 import RCLError
 from rclpy.clock import Clock
 from rclpy.clock_type import ClockType
 from rclpy.context import Context
@@ -53,9 +52,11 @@ from rosbags.interfaces import (
     QosTime,
 )
 
-from unim2_core.errors import Unim2Error
+from unim2_core.errors import Interrupted, Unim2Error
 from unim2_ros.bag_io import BagImageWriter, StorageFormat, typestore
 from unim2_ros.errors import BagError
+from unim2_ros.rclpy_internals import RCLError
+from unim2_ros.ros_cli import run_ros_cli
 
 SUBSCRIPTION_DEPTH = 10
 """History depth of the recorder's subscriptions, as ``ros2 bag record``."""
@@ -456,41 +457,40 @@ def main(args: list[str] | None = None) -> int:
         parser.error(f"--duration must be > 0, got {options.duration}")
     if options.max_messages is not None and options.max_messages < 1:
         parser.error(f"--max-messages must be >= 1, got {options.max_messages}")
+
+    def body() -> int:
+        try:
+            with rclpy.init(args=argv):
+                recorder = BagRecorder(
+                    options.out,
+                    options.topics,
+                    storage=options.storage,
+                    max_messages=options.max_messages,
+                    duration=options.duration,
+                )
+                try:
+                    rclpy.spin_until_future_complete(recorder, recorder.done)
+                except (KeyboardInterrupt, ExternalShutdownException):
+                    pass
+                finally:
+                    recorder.destroy_node()
+        except KeyboardInterrupt:
+            raise Interrupted("before recording started", signal.SIGINT) from None
+        summary = recorder.summary()
+        print(_format_summary(summary))
+        if not any(summary.message_counts.values()):
+            reasons = [f"{topic!r} {why}" for topic, why in sorted(summary.not_recorded.items())]
+            why_empty = "; ".join(reasons) or "no message arrived"
+            raise BagError(f"nothing was recorded into {str(summary.path)!r}: {why_empty}")
+        return 0
+
     # rclpy's own SIGTERM handler only wakes the executor; chained to Python's SIGINT handler,
     # SIGTERM stops the recording exactly as Ctrl-C does (rclpy chains to the handler it finds).
     previous_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        with rclpy.init(args=argv):
-            recorder = BagRecorder(
-                options.out,
-                options.topics,
-                storage=options.storage,
-                max_messages=options.max_messages,
-                duration=options.duration,
-            )
-            try:
-                rclpy.spin_until_future_complete(recorder, recorder.done)
-            except (KeyboardInterrupt, ExternalShutdownException):
-                pass
-            finally:
-                recorder.destroy_node()
-    except Unim2Error as err:
-        print(f"ERROR: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted before recording started", file=sys.stderr)
-        return 130
+        return run_ros_cli(body, prog="unim2_record")
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
-    summary = recorder.summary()
-    print(_format_summary(summary))
-    if not any(summary.message_counts.values()):
-        reasons = [f"{topic!r} {why}" for topic, why in sorted(summary.not_recorded.items())]
-        why_empty = "; ".join(reasons) or "no message arrived"
-        message = f"nothing was recorded into {str(summary.path)!r}: {why_empty}"
-        print(f"ERROR: {message}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

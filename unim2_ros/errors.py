@@ -41,3 +41,7 @@ class DemoError(Unim2Error):
 class NodeConnectionError(ReplayError):
     """The node did not appear, answer or connect within the connect timeout (it may still be
     starting: trying again later can succeed)."""
+
+
+class RosStartError(Unim2Error):
+    """rclpy refused a command's ROS arguments or an rcl call failed (the message says which)."""

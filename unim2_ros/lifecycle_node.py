@@ -23,11 +23,11 @@ import sys
 from typing import Any
 
 import rclpy
-from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from unim2_core.errors import Unim2Error
+from unim2_ros.ros_cli import run_ros_cli
 from unim2_ros.segmentation_node import SegmentationPipeline, run_until_shutdown
 
 
@@ -85,17 +85,17 @@ class LifecycleSegmentationNode(SegmentationPipeline, LifecycleNode):
 
 def main(args: list[str] | None = None) -> int:
     """Runs the managed node until SIGINT / SIGTERM (configure it through its services)."""
-    try:
+
+    def body() -> int:
         with rclpy.init(args=args):
             try:
                 node = LifecycleSegmentationNode()
             except (KeyboardInterrupt, ExternalShutdownException):
                 return 0
             run_until_shutdown(node)
-    except RCLError as err:
-        print(f"ERROR: {err}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return run_ros_cli(body, prog="unim2_lifecycle_node")
 
 
 if __name__ == "__main__":

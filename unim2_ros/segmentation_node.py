@@ -61,7 +61,6 @@ from rcl_interfaces.msg import (
     ParameterDescriptor,
     SetParametersResult,
 )
-from rclpy._rclpy_pybind11 import RCLError, UnknownROSArgsError
 from rclpy.clock import Clock
 from rclpy.clock_type import ClockType
 from rclpy.exceptions import InvalidHandle, ParameterException
@@ -87,7 +86,6 @@ from unim2_core.errors import (
     CheckpointError,
     ConfigError,
     EncodingError,
-    Unim2Error,
 )
 from unim2_core.model.backbone import load_backbone
 from unim2_core.model.checkpoint import Bundle, load_bundle
@@ -121,6 +119,8 @@ from unim2_ros.point_cloud import (
     depth_modality,
     point_cloud_message,
 )
+from unim2_ros.rclpy_internals import RCLError, parameter_override_names
+from unim2_ros.ros_cli import run_ros_cli
 
 SIZE_MISMATCH = "size_mismatch"
 INVALID_VALUES = "invalid_values"
@@ -424,7 +424,7 @@ class SegmentationPipeline(Node):
         early = known is None
         if known is None:
             known = [spec.name for spec in NODE_PARAMETERS] + [MODALITIES_PARAMETER]
-        for name in self._parameter_overrides:  # every value given to this node's name
+        for name in parameter_override_names(self):
             if self.has_parameter(name) or (early and name.startswith("encoding.")):
                 continue
             problem = unknown_parameter_problem(name, known)
@@ -632,12 +632,9 @@ class SegmentationPipeline(Node):
         self._monitor.record_segmented(time.monotonic(), inference_s, latency_ns * 1e-9)
 
     def _blame(self, err: EncodingError) -> int:
-        """Index of the modality an encoding error names (its message starts with the name)."""
-        text = str(err)
-        for index, modality in enumerate(self._modalities):
-            if text.startswith(f"{modality}:"):
-                return index
-        return 0
+        """Index of the input an encoding error is about (RGB when it names no input)."""
+        modality = err.modality
+        return self._modalities.index(modality) if modality in self._modalities else 0
 
     def _missing_changed(self, missing: tuple[str, ...]) -> None:
         """Reports that outputs are now computed without ``missing`` (or with everything)."""
@@ -914,29 +911,24 @@ def main(args: list[str] | None = None) -> int:
     hint = _params_file_hint(argv, "unim2_node")
     if hint is not None:
         print(f"WARNING: {hint}", file=sys.stderr)
-    try:
-        with rclpy.init(args=args):
-            try:
-                node = SegmentationNode()
-            except Unim2Error as err:
-                print(f"ERROR: {err}", file=sys.stderr)
-                return 1
-            except KeyboardInterrupt:
-                return 0  # Ctrl-C while the model loads
-            except (ExternalShutdownException, RCLError):
-                if rclpy.ok():
-                    raise
-                return 0  # SIGINT / SIGTERM while starting: rclpy shut the context down
-            run_until_shutdown(node)
-    except UnknownROSArgsError as err:
-        print(f"ERROR: unknown ROS arguments {err}; see unim2_node --help", file=sys.stderr)
-        return 1
-    except RCLError as err:
-        print(f"ERROR: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0  # Ctrl-C before rclpy's own handler was installed, or while it tears down
-    return 0
+
+    def body() -> int:
+        try:
+            with rclpy.init(args=args):
+                try:
+                    node = SegmentationNode()
+                except KeyboardInterrupt:
+                    return 0  # Ctrl-C while the model loads
+                except (ExternalShutdownException, RCLError):
+                    if rclpy.ok():
+                        raise
+                    return 0  # SIGINT / SIGTERM while starting: rclpy shut the context down
+                run_until_shutdown(node)
+        except KeyboardInterrupt:
+            return 0  # Ctrl-C before rclpy's own handler was installed, or while it tears down
+        return 0
+
+    return run_ros_cli(body, prog="unim2_node")
 
 
 if __name__ == "__main__":

@@ -132,7 +132,9 @@ def metric_depth(array: np.ndarray, *, name: str = "depth") -> tuple[np.ndarray,
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     if array.ndim != 2:
-        raise EncodingError(f"{name}: expected a single-channel HxW depth image, got {array.shape}")
+        raise EncodingError(
+            f"{name}: expected a single-channel HxW depth image, got {array.shape}", modality=name
+        )
     if array.dtype == np.uint16:
         valid = array > 0
         return array.astype(np.float32) * np.float32(0.001), valid
@@ -141,5 +143,6 @@ def metric_depth(array: np.ndarray, *, name: str = "depth") -> tuple[np.ndarray,
         return np.where(valid, array, np.float32(0.0)), valid
     raise EncodingError(
         f"{name}: depth must be uint16 millimetres (16UC1) or float32 metres (32FC1), "
-        f"got {array.dtype}"
+        f"got {array.dtype}",
+        modality=name,
     )

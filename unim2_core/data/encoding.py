@@ -220,9 +220,11 @@ class ModalityEncoding:
         """
         label = name or self.kind.value
         if not isinstance(array, np.ndarray):
-            raise EncodingError(f"{label}: expected a numpy array, got {type(array).__name__}")
+            raise EncodingError(
+                f"{label}: expected a numpy array, got {type(array).__name__}", modality=label
+            )
         if array.size == 0:
-            raise EncodingError(f"{label}: empty array of shape {array.shape}")
+            raise EncodingError(f"{label}: empty array of shape {array.shape}", modality=label)
         if self.kind in _THREE_CHANNEL_KINDS:
             return self._encode_color(array, label)
         if self.kind is EncodingKind.AOLP and array.ndim == 3:
@@ -235,7 +237,7 @@ class ModalityEncoding:
         self._check_dtype(channel, label)
         values = channel.astype(np.float32)
         if not np.isfinite(values).all():
-            raise EncodingError(f"{label}: contains NaN or Inf values")
+            raise EncodingError(f"{label}: contains NaN or Inf values", modality=label)
         unit = (values - np.float32(self.low)) / np.float32(self.high - self.low)
         np.clip(unit, 0.0, 1.0, out=unit)
         if self.kind is EncodingKind.AOLP:
@@ -247,12 +249,15 @@ class ModalityEncoding:
         if array.dtype != np.dtype(self.input_dtype):
             raise EncodingError(
                 f"{label}: the {self.kind.value} encoding expects {self.input_dtype} input, got "
-                f"{array.dtype} (check the sensor's encoding or the checkpoint's constants)"
+                f"{array.dtype} (check the sensor's encoding or the checkpoint's constants)",
+                modality=label,
             )
 
     def _encode_color(self, array: np.ndarray, label: str) -> np.ndarray:
         if array.ndim != 3 or array.shape[2] != 3:
-            raise EncodingError(f"{label}: expected an HxWx3 image, got shape {array.shape}")
+            raise EncodingError(
+                f"{label}: expected an HxWx3 image, got shape {array.shape}", modality=label
+            )
         self._check_dtype(array, label)
         unit = (array.astype(np.float32) - np.float32(self.low)) / np.float32(self.high - self.low)
         return np.clip(unit, 0.0, 1.0, out=unit)
@@ -267,10 +272,11 @@ class ModalityEncoding:
         else:
             raise EncodingError(
                 f"{label}: depth must be uint16 millimetres (16UC1) or float32 metres (32FC1), "
-                f"got {array.dtype}"
+                f"got {array.dtype}",
+                modality=label,
             )
         if not valid.any():
-            raise EncodingError(f"{label}: depth image has no valid pixel")
+            raise EncodingError(f"{label}: depth image has no valid pixel", modality=label)
         unit = (metres - np.float32(self.low)) / np.float32(self.high - self.low)
         np.clip(unit, 0.0, 1.0, out=unit)
         unit[~valid] = 0.0
@@ -282,7 +288,8 @@ class ModalityEncoding:
         if intrinsics is None:
             raise EncodingError(
                 f"{label}: the depth_hha encoding needs the camera's intrinsics (camera_info in "
-                "the node, 'intrinsics' in the training config's encoding)"
+                "the node, 'intrinsics' in the training config's encoding)",
+                modality=label,
             )
         hha = hha_from_depth(array, intrinsics, name=label)
         unit = (hha - np.float32(self.low)) / np.float32(self.high - self.low)
@@ -292,10 +299,11 @@ class ModalityEncoding:
         if array.shape[2] != 2 or array.dtype != np.float32:
             raise EncodingError(
                 f"{label}: AoLP as (sin, cos) must be float32 HxWx2, got {array.dtype} "
-                f"{array.shape}"
+                f"{array.shape}",
+                modality=label,
             )
         if not np.isfinite(array).all():
-            raise EncodingError(f"{label}: contains NaN or Inf values")
+            raise EncodingError(f"{label}: contains NaN or Inf values", modality=label)
         return _sin_cos_image(np.clip(array[..., 0], -1, 1), np.clip(array[..., 1], -1, 1))
 
 
@@ -304,7 +312,8 @@ def _single_channel(array: np.ndarray, label: str) -> np.ndarray:
         return array[..., 0]
     if array.ndim != 2:
         raise EncodingError(
-            f"{label}: expected a single-channel HxW image, got shape {array.shape}"
+            f"{label}: expected a single-channel HxW image, got shape {array.shape}",
+            modality=label,
         )
     return array
 
@@ -323,14 +332,19 @@ def check_group(arrays: Mapping[str, np.ndarray], modalities: Sequence[str]) -> 
     """Check that a frame group holds every modality at one size; return that (height, width).
 
     Raises:
-        EncodingError: a modality is missing or the sizes differ (all sizes are listed).
+        EncodingError: a modality is missing (``modality`` is the first missing one) or the
+            sizes differ (all sizes are listed; ``modality`` is the first that differs from the
+            first modality's size).
     """
     missing = [m for m in modalities if m not in arrays]
     if missing:
-        raise EncodingError(f"frame group lacks modality {missing} (has {sorted(arrays)})")
+        raise EncodingError(
+            f"frame group lacks modality {missing} (has {sorted(arrays)})", modality=missing[0]
+        )
     sizes = {m: tuple(np.shape(arrays[m])[:2]) for m in modalities}
     if len(set(sizes.values())) != 1:
         listed = ", ".join(f"{m} {h}x{w}" for m, (h, w) in sizes.items())
-        raise EncodingError(f"modalities differ in size (height x width): {listed}")
+        odd = next(m for m in modalities if sizes[m] != sizes[modalities[0]])
+        raise EncodingError(f"modalities differ in size (height x width): {listed}", modality=odd)
     height, width = sizes[modalities[0]]
     return int(height), int(width)

@@ -213,7 +213,7 @@ def hha_from_depth(
     """
     depth_m, valid = metric_depth(array, name=name)
     if not valid.any():
-        raise EncodingError(f"{name}: depth image has no valid pixel")
+        raise EncodingError(f"{name}: depth image has no valid pixel", modality=name)
     camera = intrinsics.fitted(*depth_m.shape)
     height, width = depth_m.shape
 

@@ -115,7 +115,9 @@ def labelled_points(
     if not max_range > 0:
         raise ValueError(f"max_range must be positive, got {max_range!r}")
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise EncodingError(f"rgb: expected uint8 HxWx3 colours, got {rgb.dtype} {rgb.shape}")
+        raise EncodingError(
+            f"rgb: expected uint8 HxWx3 colours, got {rgb.dtype} {rgb.shape}", modality="rgb"
+        )
     sizes = {"depth": depth.shape[:2], "rgb": rgb.shape[:2], "labels": labels.shape[:2]}
     if len(set(sizes.values())) != 1:
         listed = ", ".join(f"{key} {w}x{h}" for key, (h, w) in sizes.items())

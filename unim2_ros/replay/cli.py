@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from unim2_core.cli import add_device_argument
-from unim2_core.errors import Unim2Error
 from unim2_core.evaluation.replay_writer import ReplayResult
 from unim2_core.runtime.segmenter import PRECISIONS, Segmenter
 from unim2_ros.bag_io import BagReader, StorageFormat, modality_topic_argument
@@ -40,6 +39,7 @@ from unim2_ros.replay.live import (
     split_node_name,
 )
 from unim2_ros.replay.offline import replay_offline
+from unim2_ros.ros_cli import run_ros_cli
 
 __all__ = ["EXIT_ERROR", "main"]
 
@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         "video": not args.no_video,
         "progress": not args.no_progress,
     }
-    try:
+
+    def body() -> int:
         with BagReader(args.bag) as reader:  # bag and topics first, before the slow model load
             try:
                 reader.frame_groups(topics, label_topic=args.label_topic)
@@ -231,14 +232,10 @@ def main(argv: list[str] | None = None) -> int:
                 slop=args.slop or NODE_SLOP,
                 **common,
             )
-    except Unim2Error as err:
-        print(f"ERROR: {err}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    print(_summary(result))
-    return 0
+        print(_summary(result))
+        return 0
+
+    return run_ros_cli(body, prog="unim2_replay")
 
 
 if __name__ == "__main__":
