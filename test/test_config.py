@@ -79,6 +79,10 @@ def test_reference_hyperparameters_are_the_papers() -> None:
         ),
         ("train.modality_dropout=1.0", r"'train\.modality_dropout' must be in \[0, 1\), got 1\.0"),
         ("train.modality_dropout=-0.1", r"'train\.modality_dropout' must be in \[0, 1\)"),
+        ("model.n_clusters=abc", r"'model\.n_clusters' must be an integer or null, got 'abc'"),
+        ("train=3", r"config key 'train' must be a mapping, got 3"),
+        ("loss.knn_keep=0", r"config key 'loss\.knn_keep' must be >= 1, got 0"),
+        ("eval.crop_size=-5", r"config key 'eval\.crop_size' must be >= 1, got -5"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(override: str, match: str) -> None:
@@ -137,3 +141,12 @@ def test_modality_dropout_is_off_by_default_and_needs_an_auxiliary_modality() ->
         ConfigError, match=r"modality_dropout' needs an auxiliary modality.*\['rgb'\]"
     ):
         parse_config(data)
+
+
+def test_optional_keys_take_null_and_floats_take_integers() -> None:
+    config = load_config(
+        CONFIG_DIR / "train_nyu.yaml", ["model.n_clusters=null", "train.grad_clip=2", "train.lr=1"]
+    )
+    assert config.model.n_clusters is None
+    assert config.train.grad_clip == 2.0 and isinstance(config.train.grad_clip, float)
+    assert config.train.lr == 1.0 and isinstance(config.train.lr, float)
