@@ -64,18 +64,25 @@ def test_reference_hyperparameters_are_the_papers() -> None:
     ("override", "match"),
     [
         ("train.lrr=1", r"unknown config key 'train\.lrr' \(did you mean 'lr'\?\)"),
-        ("train.lr=abc", r"'train\.lr': expected a number, got 'abc'"),
-        ("train.steps=1.5", r"'train\.steps': expected an integer"),
-        ("train.steps=0", r"'train\.steps' must be >= 1"),
-        ("model.fusion=concat", r"'model\.fusion': expected one of 'conv'"),
-        ("model.linear_probe=1", r"'model\.linear_probe': expected true or false"),
+        ("train.lr=abc", r"'train\.lr' must be a number, got 'abc'"),
+        ("train.steps=1.5", r"'train\.steps' must be an integer, got 1\.5"),
+        ("train.steps=0", r"'train\.steps' must be >= 1, got 0"),
+        ("model.fusion=concat", r"'model\.fusion' must be one of 'conv', .*, got 'concat'"),
+        ("model.linear_probe=1", r"'model\.linear_probe' must be true or false, got 1"),
         ("modalities.depth.kind=sonar", r"'modalities\.depth': unknown encoding kind 'sonar'"),
         ("loss.modalities.depth.shift.knn=x", r"loss\.modalities\.depth.*knn must be a number"),
-        ("dataset.kind=kitti", r"'dataset\.kind': expected one of 'nyu'"),
+        ("dataset.kind=kitti", r"'dataset\.kind' must be one of 'nyu'"),
         ("loss.knn_neighbours=40", r"'loss\.knn_neighbours' \(40\) must not exceed"),
-        ("train.selection_split=train", r"'train\.selection_split': expected one of 'val', 'test'"),
+        (
+            "train.selection_split=train",
+            r"'train\.selection_split' must be one of 'val', 'test', got 'train'",
+        ),
         ("train.modality_dropout=1.0", r"'train\.modality_dropout' must be in \[0, 1\), got 1\.0"),
         ("train.modality_dropout=-0.1", r"'train\.modality_dropout' must be in \[0, 1\)"),
+        ("model.n_clusters=abc", r"'model\.n_clusters' must be an integer or null, got 'abc'"),
+        ("train=3", r"config key 'train' must be a mapping, got 3"),
+        ("loss.knn_keep=0", r"config key 'loss\.knn_keep' must be >= 1, got 0"),
+        ("eval.crop_size=-5", r"config key 'eval\.crop_size' must be >= 1, got -5"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(override: str, match: str) -> None:
@@ -134,3 +141,12 @@ def test_modality_dropout_is_off_by_default_and_needs_an_auxiliary_modality() ->
         ConfigError, match=r"modality_dropout' needs an auxiliary modality.*\['rgb'\]"
     ):
         parse_config(data)
+
+
+def test_optional_keys_take_null_and_floats_take_integers() -> None:
+    config = load_config(
+        CONFIG_DIR / "train_nyu.yaml", ["model.n_clusters=null", "train.grad_clip=2", "train.lr=1"]
+    )
+    assert config.model.n_clusters is None
+    assert config.train.grad_clip == 2.0 and isinstance(config.train.grad_clip, float)
+    assert config.train.lr == 1.0 and isinstance(config.train.lr, float)

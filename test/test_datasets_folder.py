@@ -205,7 +205,11 @@ def test_default_name_and_palette(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("colours: [1]\n", r"unknown key 'colours'; known keys: name, class_names"),
-        ("class_names: road\n", "key 'class_names' must be a non-empty list"),
+        ("class_names: road\n", "key 'class_names' must be a list of strings, got 'road'"),
+        ("class_names: [a, ' ']\n", "key 'class_names' must be a non-empty list of non-empty"),
+        ("class_names: [a]\npalette: [red]\n", "key 'palette' entry 0 must be a list of integ"),
+        ("name: 3\n", "key 'name' must be a string, got 3"),
+        ("ignore_index: x\n", "key 'ignore_index' must be an integer, got 'x'"),
         ("class_names: [a, a]\n", "key 'class_names' repeats a"),
         ("class_names: [a, b]\npalette: [[1, 2, 3]]\n", r"key 'palette' must list one colour"),
         ("class_names: [a]\npalette: [[1, 2, 300]]\n", r"key 'palette' entry 0 must be 3"),

@@ -708,7 +708,9 @@ def test_node_process_exits_non_zero_naming_a_bad_parameter(
         _stop(process)
     assert process.returncode == 1
     lines = stderr.strip().splitlines()
-    assert lines == ["ERROR: parameter model.precision must be one of fp32, fp16, bf16; got 'int8'"]
+    assert lines == [
+        "ERROR: parameter model.precision must be one of 'fp32', 'fp16', 'bf16', got 'int8'"
+    ]
 
 
 @pytest.mark.ros

@@ -14,7 +14,6 @@ it has read the checkpoint:
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, cast
@@ -23,6 +22,7 @@ from unim2_core.data.encoding import EncodingKind, ModalityEncoding
 from unim2_core.device import DEVICE_HELP, device_problem
 from unim2_core.errors import ConfigError
 from unim2_core.runtime.segmenter import PRECISIONS, Device, Precision
+from unim2_core.schema import Field
 
 ParameterValue = bool | int | float | str | list[str]
 QosName = Literal["sensor_data", "reliable", "system_default"]
@@ -221,30 +221,25 @@ def encoding_specs(modality: str, encoding: ModalityEncoding) -> tuple[Parameter
     )
 
 
+def parameter_field(spec: ParameterSpec) -> Field:
+    """The validation rules of ``spec`` (its type is its default's)."""
+    kind = type(spec.default)
+    return Field(
+        kind,
+        items=str if kind is list else None,
+        choices=spec.choices,
+        minimum=spec.minimum,
+        maximum=spec.maximum,
+        check=spec.check,
+    )
+
+
 def check_value(spec: ParameterSpec, value: object) -> str | None:
-    """Why ``value`` is not allowed for ``spec``, or None when it is."""
-    expected = type(spec.default)
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if expected is list:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            return f"{spec.name} must be a list of strings, got {value!r}"
-    elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        return f"{spec.name} must be a {expected.__name__}, got {value!r}"
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"{spec.name} must be finite, got {value!r}"
-    if spec.choices and value not in spec.choices:
-        return f"{spec.name} must be one of {', '.join(spec.choices)}; got {value!r}"
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if spec.minimum is not None and value < spec.minimum:
-            return f"{spec.name} must be >= {spec.minimum}, got {value!r}"
-        if spec.maximum is not None and value > spec.maximum:
-            return f"{spec.name} must be <= {spec.maximum}, got {value!r}"
-    if spec.check is not None:
-        problem = spec.check(value)
-        if problem is not None:
-            return f"{spec.name} {problem}"
-    return None
+    """Why ``value`` is not allowed for ``spec`` (``<name> must be ..., got ...``), or None."""
+    if isinstance(value, tuple):
+        value = list(value)  # rclpy hands string arrays over as lists or tuples
+    problem = parameter_field(spec).problem(value)
+    return None if problem is None else f"{spec.name} {problem}"
 
 
 @dataclass(frozen=True)
@@ -275,14 +270,12 @@ class NodeSettings:
             ConfigError: a value is not allowed (the message names the parameter), or
                 ``model.checkpoint`` is empty.
         """
-        checked: dict[str, object] = {}
-        for spec in NODE_PARAMETERS:
-            value = values.get(spec.name, spec.default)
-            reason = check_value(spec, value)
-            if reason is not None:
-                raise ConfigError(f"parameter {reason}")
-            is_double = isinstance(spec.default, float)
-            checked[spec.name] = float(cast(float, value)) if is_double else value
+        checked = {
+            spec.name: parameter_field(spec).parse(
+                values.get(spec.name, spec.default), f"parameter {spec.name}"
+            )
+            for spec in NODE_PARAMETERS
+        }
         if not checked["model.checkpoint"]:
             raise ConfigError("parameter model.checkpoint is not set: give the checkpoint path")
         return cls(

@@ -8,7 +8,6 @@ overrides use the same dotted paths (``train.steps=100``).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -22,9 +21,14 @@ from unim2_core.data.encoding import ModalityEncoding
 from unim2_core.device import device_problem
 from unim2_core.errors import ConfigError
 from unim2_core.model.loss import ModalityLossConfig
+from unim2_core.schema import Field, check_keys
 from unim2_core.training.label_free import DEFAULT_CRITERION, Criterion
 
 DatasetKind = Literal["nyu", "mfnet", "mcubes", "folder"]
+
+_POSITIVE_COUNT = {"minimum": 1}
+"""Dataclass metadata of a count that must be at least 1 (the engine's ``Field.minimum``)."""
+_MAPPING = Field(dict)
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,8 @@ class CropSection:
     """
 
     five_crop: bool = True
-    crop_size: int = 224
-    shorter_side: int = 320
+    crop_size: int = field(default=224, metadata=_POSITIVE_COUNT)
+    shorter_side: int = field(default=320, metadata=_POSITIVE_COUNT)
     interpolation: Literal["bilinear", "nearest"] = "bilinear"
 
 
@@ -98,7 +102,7 @@ class ModelSection:
     baseline gets, so short runs are not limited by a half-trained probe).
     """
 
-    code_dim: int = 70
+    code_dim: int = field(default=70, metadata=_POSITIVE_COUNT)
     n_clusters: int | None = None
     fusion: Literal["conv", "sum", "mean", "max", "progressive"] = "conv"
     align: Literal["none", "aux", "all", "rgb"] = "aux"
@@ -129,14 +133,14 @@ class LossSection:
     """
 
     modalities: dict[str, ModalityLossConfig]
-    points: int = 11
+    points: int = field(default=11, metadata=_POSITIVE_COUNT)
     random_pairs: int = 5
     pointwise: bool = True
     zero_clamp: bool = True
-    knn_neighbours: int = 7
-    knn_keep: int = 30
+    knn_neighbours: int = field(default=7, metadata=_POSITIVE_COUNT)
+    knn_keep: int = field(default=30, metadata=_POSITIVE_COUNT)
     knn_candidates: Literal["other_frames", "all_views"] = "other_frames"
-    calibration_batches: int = 16
+    calibration_batches: int = field(default=16, metadata=_POSITIVE_COUNT)
 
 
 @dataclass(frozen=True)
@@ -164,14 +168,14 @@ class TrainSection:
             paper's training.
     """
 
-    steps: int = 3300
-    batch_size: int = 32
+    steps: int = field(default=3300, metadata=_POSITIVE_COUNT)
+    batch_size: int = field(default=32, metadata=_POSITIVE_COUNT)
     lr: float = 5e-4
     probe_lr: float = 5e-3
     seed: int = 0
     device: str = "auto"
-    val_every: int = 200
-    checkpoint_every: int = 200
+    val_every: int = field(default=200, metadata=_POSITIVE_COUNT)
+    checkpoint_every: int = field(default=200, metadata=_POSITIVE_COUNT)
     selection_split: Literal["val", "test"] = "val"
     label_free_criterion: Criterion = DEFAULT_CRITERION
     grad_clip: float | None = None
@@ -183,7 +187,7 @@ class EvalSection:
     """Evaluation protocol: ``paper`` (resize shorter side + centre crop, nearest) or ``full``."""
 
     protocol: Literal["paper", "full"] = "paper"
-    crop_size: int = 320
+    crop_size: int = field(default=320, metadata=_POSITIVE_COUNT)
 
 
 @dataclass(frozen=True)
@@ -225,22 +229,6 @@ class TrainConfig:
         device = device_problem(self.train.device)
         if device is not None:
             raise ConfigError(f"config key 'train.device' {device}")
-        for key, value in (
-            ("train.steps", self.train.steps),
-            ("train.batch_size", self.train.batch_size),
-            ("train.val_every", self.train.val_every),
-            ("train.checkpoint_every", self.train.checkpoint_every),
-            ("crops.crop_size", self.crops.crop_size),
-            ("crops.shorter_side", self.crops.shorter_side),
-            ("eval.crop_size", self.eval.crop_size),
-            ("model.code_dim", self.model.code_dim),
-            ("loss.points", self.loss.points),
-            ("loss.knn_neighbours", self.loss.knn_neighbours),
-            ("loss.knn_keep", self.loss.knn_keep),
-            ("loss.calibration_batches", self.loss.calibration_batches),
-        ):
-            if value < 1:
-                raise ConfigError(f"config key {key!r} must be >= 1, got {value}")
         if self.train.batch_size < 2 and self.loss.random_pairs > 0:
             raise ConfigError("config key 'train.batch_size' must be >= 2 for random pairs")
         if self.loss.knn_neighbours > self.loss.knn_keep:
@@ -273,90 +261,52 @@ class TrainConfig:
         return tuple(self.modalities)
 
 
-def _describe(tp: Any) -> str:
+def _scalar_field(tp: Any) -> Field | None:
+    """The engine's rules for a scalar annotation (``bool``, ``int``, ``float``, ``str``, a
+    ``Literal`` of strings, any of them ``| None``), or None for a section or mapping."""
     origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        inner = _scalar_field(next(arg for arg in args if arg is not type(None)))
+        return None if inner is None else dataclasses.replace(inner, optional=True)
     if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return getattr(tp, "__name__", str(tp))
+        return Field(str, choices=args)
+    if tp in (bool, int, float, str):
+        return Field(tp)
+    return None
 
 
-def _parse_value(tp: Any, value: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; convert nested sections."""
-    origin = typing.get_origin(tp)
+def _parse_value(tp: Any, value: Any, path: str, limits: Mapping[str, Any]) -> Any:
+    """Check ``value`` against the annotation ``tp`` and the field's ``limits`` (its dataclass
+    metadata: ``minimum``, ``maximum``); convert nested sections."""
+    key = f"config key {path!r}"
+    scalar = _scalar_field(tp)
+    if scalar is not None:
+        return dataclasses.replace(scalar, **limits).parse(value, key)
     if tp is Any:
         return value
-    if origin in (Union, types.UnionType):
-        errors = []
-        for option in typing.get_args(tp):
-            try:
-                return _parse_value(option, value, key)
-            except ConfigError as err:
-                errors.append(err)
-        raise ConfigError(f"config key {key!r}: expected {_describe(tp)}, got {value!r}")
-    if tp is type(None):
-        if value is not None:
-            raise ConfigError(f"config key {key!r}: expected null, got {value!r}")
-        return None
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"config key {key!r}: expected {_describe(tp)}, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"config key {key!r}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
-        return value
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"config key {key!r}: expected a mapping, got {value!r}")
+    _MAPPING.parse(value, key)
+    if typing.get_origin(tp) is dict:
         _, item_type = typing.get_args(tp)
-        return {str(k): _parse_value(item_type, v, f"{key}.{k}") for k, v in value.items()}
+        return {str(k): _parse_value(item_type, v, f"{path}.{k}", {}) for k, v in value.items()}
     if tp is ModalityEncoding:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"config key {key!r}: expected a mapping, got {value!r}")
-        return ModalityEncoding.from_dict(value, where=f"config key {key!r}")
+        return ModalityEncoding.from_dict(value, where=key)
     if tp is ModalityLossConfig:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"config key {key!r}: expected a mapping, got {value!r}")
-        return ModalityLossConfig.from_dict(value, where=f"config key {key!r}")
+        return ModalityLossConfig.from_dict(value, where=key)
     if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"config key {key!r}: expected a mapping, got {value!r}")
-        return _parse_section(tp, value, key)
-    raise TypeError(f"unsupported config annotation {tp!r} at {key!r}")
+        return _parse_section(tp, value, path)
+    raise TypeError(f"unsupported config annotation {tp!r} at {path!r}")
 
 
 def _parse_section(cls: Any, data: Mapping[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    for name in data:
-        if name not in fields:
-            close = difflib.get_close_matches(str(name), list(fields), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            path = f"{prefix}.{name}" if prefix else str(name)
-            raise ConfigError(f"unknown config key {path!r}{hint}")
+    check_keys(data, fields, prefix=prefix, noun="config key")
     values = {}
     for name, spec in fields.items():
         path = f"{prefix}.{name}" if prefix else name
         if name in data:
-            values[name] = _parse_value(hints[name], data[name], path)
+            values[name] = _parse_value(hints[name], data[name], path, spec.metadata)
         elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing config key {path!r}")
     return cls(**values)

@@ -76,6 +76,7 @@ from unim2_core.data.image_io import (
     write_png,
 )
 from unim2_core.errors import DataError
+from unim2_core.schema import Field, check_keys
 
 DATASET_YAML = "dataset.yaml"
 LABELS_DIR = "labels"
@@ -97,8 +98,56 @@ class DatasetYaml(TypedDict, total=False):
     ignore_index: int
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _name_problem(name: str) -> str | None:
+    return None if name.strip() else f"must be a non-empty string, got {name!r}"
+
+
+def _class_names_problem(names: list[str]) -> str | None:
+    if not names or not all(name.strip() for name in names):
+        return f"must be a non-empty list of non-empty strings, got {names!r}"
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    return f"repeats {', '.join(repeated)}" if repeated else None
+
+
+def _colour_problem(colour: list[int]) -> str | None:
+    if len(colour) == 3 and all(0 <= channel <= 255 for channel in colour):
+        return None
+    return f"must be 3 integers in 0..255, got {colour!r}"
+
+
+_COLOUR = Field(list, items=int, check=_colour_problem)
+
+
+def _palette_field(n_classes: int) -> Field:
+    """``palette``: one RGB colour (3 integers in 0..255) per class."""
+
+    def problem(palette: list[object]) -> str | None:
+        if len(palette) != n_classes:
+            return f"must list one colour per class ({n_classes}), got {palette!r}"
+        for index, colour in enumerate(palette):
+            problem = _COLOUR.problem(colour)
+            if problem is not None:
+                return f"entry {index} {problem}"
+        return None
+
+    return Field(list, check=problem)
+
+
+def _ignore_index_field(n_classes: int) -> Field:
+    """``ignore_index``: a label value above every class id."""
+    return Field(
+        int,
+        check=lambda ignore: (
+            None
+            if n_classes <= ignore <= _MAX_LABEL_VALUE
+            else f"must be an integer in {n_classes}..{_MAX_LABEL_VALUE} (not a class id), "
+            f"got {ignore!r}"
+        ),
+    )
+
+
+_NAME = Field(str, check=_name_problem)
+_CLASS_NAMES = Field(list, items=str, check=_class_names_problem)
 
 
 def load_dataset_yaml(path: Path) -> DatasetYaml:
@@ -118,62 +167,24 @@ def load_dataset_yaml(path: Path) -> DatasetYaml:
         return DatasetYaml()
     if not isinstance(loaded, dict):
         raise DataError(f"{str(path)!r} must hold a mapping of keys, got {type(loaded).__name__}")
-    unknown = [str(key) for key in loaded if key not in _YAML_KEYS]
-    if unknown:
-        raise DataError(
-            f"{str(path)!r}: unknown key {', '.join(map(repr, unknown))}; "
-            f"known keys: {', '.join(_YAML_KEYS)}"
-        )
+    where = f"{str(path)!r}: "
+    check_keys(loaded, _YAML_KEYS, where=where, list_known=True, error=DataError)
+
+    def parse(key: str, field: Field) -> Any:
+        return field.parse(loaded[key], f"{where}key {key!r}", DataError)
+
     parsed = DatasetYaml()
     if "name" in loaded:
-        name = loaded["name"]
-        if not isinstance(name, str) or not name.strip():
-            raise DataError(f"{str(path)!r}: key 'name' must be a non-empty string, got {name!r}")
-        parsed["name"] = name
+        parsed["name"] = parse("name", _NAME)
     if "class_names" in loaded:
-        names = loaded["class_names"]
-        if (
-            not isinstance(names, list)
-            or not names
-            or not all(isinstance(n, str) and n.strip() for n in names)
-        ):
-            raise DataError(
-                f"{str(path)!r}: key 'class_names' must be a non-empty list of non-empty "
-                f"strings, got {names!r}"
-            )
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise DataError(f"{str(path)!r}: key 'class_names' repeats {', '.join(repeated)}")
-        parsed["class_names"] = list(names)
+        parsed["class_names"] = list(parse("class_names", _CLASS_NAMES))
     n_classes = len(parsed.get("class_names", []))
     if "palette" in loaded:
-        palette = loaded["palette"]
         if "class_names" not in parsed:
-            raise DataError(f"{str(path)!r}: key 'palette' needs key 'class_names'")
-        if not isinstance(palette, list) or len(palette) != n_classes:
-            raise DataError(
-                f"{str(path)!r}: key 'palette' must list one colour per class "
-                f"({n_classes}), got {palette!r}"
-            )
-        for index, colour in enumerate(palette):
-            if not (
-                isinstance(colour, list)
-                and len(colour) == 3
-                and all(_is_int(c) and 0 <= c <= 255 for c in colour)
-            ):
-                raise DataError(
-                    f"{str(path)!r}: key 'palette' entry {index} must be 3 integers in "
-                    f"0..255, got {colour!r}"
-                )
-        parsed["palette"] = [list(colour) for colour in palette]
+            raise DataError(f"{where}key 'palette' needs key 'class_names'")
+        parsed["palette"] = [list(colour) for colour in parse("palette", _palette_field(n_classes))]
     if "ignore_index" in loaded:
-        ignore = loaded["ignore_index"]
-        if not _is_int(ignore) or not n_classes <= ignore <= _MAX_LABEL_VALUE:
-            raise DataError(
-                f"{str(path)!r}: key 'ignore_index' must be an integer in "
-                f"{n_classes}..{_MAX_LABEL_VALUE} (not a class id), got {ignore!r}"
-            )
-        parsed["ignore_index"] = ignore
+        parsed["ignore_index"] = parse("ignore_index", _ignore_index_field(n_classes))
     return parsed
 
 
