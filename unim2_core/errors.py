@@ -67,3 +67,7 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, message: str, signal_number: int) -> None:
         super().__init__(message)
         self.signal_number = signal_number
+
+
+class ExportError(Unim2Error):
+    """An ONNX export cannot be written, or an exported file cannot serve the given checkpoint."""

@@ -167,7 +167,7 @@ class Segmenter:
         self.shorter_side = shorter_side or bundle.preprocess.shorter_side
         self.backbone = backbone.to(self.device, PRECISIONS[precision])
         self.heads = bundle.build_heads().to(self.device)
-        self.labels_table, lookup = _label_table(bundle, apply_mapping=apply_mapping)
+        self.labels_table, lookup = label_table(bundle, apply_mapping=apply_mapping)
         self._lookup = torch.as_tensor(lookup, device=self.device)
         self._label_dtype = np.uint8 if len(self.labels_table) <= 255 else np.uint16
 
@@ -314,8 +314,9 @@ def _rgb(color: np.ndarray) -> tuple[int, int, int]:
     return int(color[0]), int(color[1]), int(color[2])
 
 
-def _label_table(bundle: Bundle, *, apply_mapping: bool) -> tuple[list[LabelInfo], np.ndarray]:
-    """Output label ids with names and colours, and the cluster -> output id lookup."""
+def label_table(bundle: Bundle, *, apply_mapping: bool) -> tuple[list[LabelInfo], np.ndarray]:
+    """Output label ids with names and colours, and the cluster -> output id lookup (shared by
+    the PyTorch and ONNX Runtime segmenters)."""
     n_clusters = bundle.heads_config.n_clusters
     mapping = bundle.class_mapping
     if mapping is None or not apply_mapping:

@@ -1,0 +1,274 @@
+"""ONNX Runtime inference: an exported graph (see :mod:`unim2_core.runtime.export`) behind the
+``Segmenter``'s interface.
+
+Everything but the graph is the PyTorch runtime's own code: the encoding (per-frame intrinsics
+for ``depth_hha`` included) and the backbone batch before it (:mod:`unim2_core.data.preprocess`,
+on the CPU, in fp32), and the cluster -> class lookup of the checkpoint after it. The ONNX file
+must have been exported from that very checkpoint file (its metadata records the checkpoint's
+SHA-256, backbone identity and modalities).
+
+Missing modalities work as with PyTorch: the graph takes a ``present`` mask, the lost
+modality's slot of the batch is zeros and the heads fuse without it. (The backbone still runs
+over that zero slot: the graph's batch is the model's full modality list.)
+
+Execution providers are chosen from what ``onnxruntime.get_available_providers()`` reports:
+``cpu`` takes the CPU provider; ``cuda`` the TensorRT and/or CUDA providers (an error when
+neither is present or the session could not start one); ``auto`` the GPU providers when
+present, else the CPU. ``fp16`` precision is TensorRT's (its ``trt_fp16_enable`` option); the
+graph itself is fp32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from unim2_core.data.camera import CameraIntrinsics
+from unim2_core.data.encoding import ModalityEncoding, check_group
+from unim2_core.data.preprocess import encode_group, processing_size, to_backbone_batch
+from unim2_core.errors import ExportError
+from unim2_core.model.checkpoint import Bundle, load_bundle
+from unim2_core.runtime.export import (
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    OnnxIdentity,
+    checkpoint_identity,
+)
+from unim2_core.runtime.segmenter import ClusterOrder, LabelInfo, SegmentationResult, label_table
+
+OnnxDevice = Literal["auto", "cpu", "cuda"]
+ONNX_DEVICES: tuple[OnnxDevice, ...] = ("auto", "cpu", "cuda")
+OnnxPrecision = Literal["fp32", "fp16"]
+ONNX_PRECISIONS: tuple[OnnxPrecision, ...] = ("fp32", "fp16")
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+TENSORRT_PROVIDER = "TensorrtExecutionProvider"
+GPU_PROVIDERS = (TENSORRT_PROVIDER, CUDA_PROVIDER)
+
+
+def choose_providers(
+    device: str, precision: str, available: Sequence[str]
+) -> list[str | tuple[str, dict[str, Any]]]:
+    """Execution providers, in priority order, for ``device`` and ``precision``.
+
+    Args:
+        device: ``cpu``, ``cuda`` or ``auto``.
+        precision: ``fp32``, or ``fp16`` (TensorRT only).
+        available: What ``onnxruntime.get_available_providers()`` reports.
+
+    Raises:
+        ExportError: an unknown device or precision, or no provider fits, naming what
+            onnxruntime reports.
+    """
+    if device not in ONNX_DEVICES:
+        raise ExportError(f"onnxruntime device must be one of {ONNX_DEVICES}, got {device!r}")
+    if precision not in ONNX_PRECISIONS:
+        raise ExportError(
+            f"onnxruntime precision must be one of {ONNX_PRECISIONS}, got {precision!r} "
+            "(the exported graph is fp32; fp16 is TensorRT's)"
+        )
+    gpu = [name for name in GPU_PROVIDERS if name in available]
+    if device == "cuda" and not gpu:
+        raise ExportError(
+            f"device 'cuda' needs onnxruntime's {TENSORRT_PROVIDER} or {CUDA_PROVIDER}, but it "
+            f"reports only {list(available)} (install onnxruntime-gpu)"
+        )
+    chosen = [] if device == "cpu" else gpu
+    if precision == "fp16" and TENSORRT_PROVIDER not in chosen:
+        raise ExportError(
+            f"precision 'fp16' with onnxruntime needs the {TENSORRT_PROVIDER} on a GPU device "
+            f"(the exported graph is fp32); onnxruntime reports {list(available)}"
+        )
+    providers: list[str | tuple[str, dict[str, Any]]] = [
+        (name, {"trt_fp16_enable": True})
+        if name == TENSORRT_PROVIDER and precision == "fp16"
+        else name
+        for name in chosen
+    ]
+    return [*providers, CPU_PROVIDER]
+
+
+class OnnxSegmenter:
+    """An exported inference graph run by ONNX Runtime, used like a ``Segmenter``.
+
+    Args:
+        bundle: The checkpoint the file was exported from (label table, encodings, resolution).
+        onnx_path: The exported file.
+        expected: Identity the file must carry (``export.checkpoint_identity``).
+        device: ``cpu``, ``cuda`` or ``auto`` (see :func:`choose_providers`).
+        precision: ``fp32``; ``fp16`` with TensorRT.
+        shorter_side: Processing resolution; the bundle's when None.
+        apply_mapping: As for ``Segmenter``.
+        threads: ONNX Runtime intra-op threads; its default (all cores) when None.
+
+    Raises:
+        ExportError: the file is missing, not a valid ONNX model, exported from another model,
+            lacks the expected inputs / outputs, or no execution provider fits.
+        ValueError: a non-positive resolution or thread count.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        onnx_path: str | Path,
+        *,
+        expected: OnnxIdentity,
+        device: str = "auto",
+        precision: str = "fp32",
+        shorter_side: int | None = None,
+        apply_mapping: bool = True,
+        threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        if shorter_side is not None and shorter_side < 1:
+            raise ValueError(f"shorter_side must be positive, got {shorter_side}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be positive, got {threads}")
+        source = repr(str(onnx_path))
+        if not Path(onnx_path).is_file():
+            raise ExportError(f"ONNX file not found: {source}")
+        providers = choose_providers(device, precision, ort.get_available_providers())
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: provider fallbacks are checked below
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        try:
+            session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+        except Exception as err:  # onnxruntime raises its own unexported exception types
+            raise ExportError(f"{source} is not a usable ONNX model: {err}") from err
+        identity = OnnxIdentity.from_metadata(
+            session.get_modelmeta().custom_metadata_map, source=source
+        )
+        identity.check_matches(expected, source=source)
+        inputs = [node.name for node in session.get_inputs()]
+        outputs = [node.name for node in session.get_outputs()]
+        if inputs != list(INPUT_NAMES) or outputs != list(OUTPUT_NAMES):
+            raise ExportError(
+                f"{source}: inputs {inputs} / outputs {outputs}, expected {list(INPUT_NAMES)} / "
+                f"{list(OUTPUT_NAMES)}"
+            )
+        used = session.get_providers()
+        if device == "cuda" and not any(name in used for name in GPU_PROVIDERS):
+            raise ExportError(
+                f"{source}: onnxruntime could not start a GPU provider (session uses {used}); "
+                "check the CUDA / TensorRT libraries"
+            )
+        self.bundle = bundle
+        self.precision = precision
+        self.cluster_order: ClusterOrder = identity.cluster_order
+        self.providers: tuple[str, ...] = tuple(used)
+        self.shorter_side = shorter_side or bundle.preprocess.shorter_side
+        self._session = session
+        self.labels_table: list[LabelInfo]
+        self.labels_table, self._lookup = label_table(bundle, apply_mapping=apply_mapping)
+        self._label_dtype = np.uint8 if len(self.labels_table) <= 255 else np.uint16
+
+    @classmethod
+    def from_files(
+        cls,
+        checkpoint: str | Path,
+        onnx_path: str | Path,
+        *,
+        device: str = "auto",
+        precision: str = "fp32",
+        shorter_side: int | None = None,
+        apply_mapping: bool = True,
+        threads: int | None = None,
+    ) -> OnnxSegmenter:
+        """Load a checkpoint and the ONNX file exported from it.
+
+        Raises:
+            CheckpointError: unreadable checkpoint.
+            ExportError: see the class.
+        """
+        return cls(
+            load_bundle(checkpoint),
+            onnx_path,
+            expected=checkpoint_identity(checkpoint),
+            device=device,
+            precision=precision,
+            shorter_side=shorter_side,
+            apply_mapping=apply_mapping,
+            threads=threads,
+        )
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Modality names the model needs, ``rgb`` first."""
+        return self.bundle.modalities
+
+    @property
+    def encodings(self) -> dict[str, ModalityEncoding]:
+        """Encoding of each modality, as trained."""
+        return self.bundle.encodings
+
+    @property
+    def device_label(self) -> str:
+        """``onnxruntime:<first execution provider>``, for logs and diagnostics."""
+        return f"onnxruntime:{self.providers[0]}"
+
+    def processing_size(self, height: int, width: int) -> tuple[int, int]:
+        """The backbone input size used for an input of ``height`` x ``width``."""
+        return processing_size(
+            height,
+            width,
+            shorter_side=self.shorter_side,
+            patch_size=self.bundle.backbone.patch_size,
+        )
+
+    def present_modalities(self, missing: Collection[str] = ()) -> tuple[str, ...]:
+        """The model's modalities less ``missing``, in model order.
+
+        Raises:
+            ValueError: ``missing`` names RGB or a modality the model does not use.
+        """
+        unknown = [m for m in missing if m not in self.modalities[1:]]
+        if unknown:
+            raise ValueError(
+                f"missing modalities {unknown} are not auxiliary modalities of this model "
+                f"(auxiliary: {list(self.modalities[1:])}); RGB cannot be missing"
+            )
+        return tuple(m for m in self.modalities if m not in missing)
+
+    def __call__(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        *,
+        with_confidence: bool = False,
+        intrinsics: Mapping[str, CameraIntrinsics] | None = None,
+        missing: Collection[str] = (),
+    ) -> SegmentationResult:
+        """Segment one frame group of raw arrays (robot units, see ``encoding``).
+
+        Arguments as for ``Segmenter.__call__``.
+
+        Raises:
+            EncodingError: a needed modality is missing, sizes differ, or an array is invalid.
+            ValueError: ``missing`` names RGB or a modality the model does not use.
+        """
+        present = self.present_modalities(missing)
+        height, width = check_group(arrays, present)
+        encoded = encode_group(
+            arrays, {m: self.encodings[m] for m in present}, intrinsics=intrinsics
+        )  # [M', H, W, 3]
+        batch = to_backbone_batch(
+            encoded,
+            self.processing_size(height, width),
+            interpolation=self.bundle.preprocess.interpolation,
+        ).numpy()  # [M', 3, h, w]
+        mask = np.array([m in present for m in self.modalities])  # [M]
+        pixels = np.zeros((len(self.modalities), *batch.shape[1:]), dtype=np.float32)
+        pixels[mask] = batch  # [M, 3, h, w]
+        feeds = {
+            INPUT_NAMES[0]: pixels,
+            INPUT_NAMES[1]: mask,
+            INPUT_NAMES[2]: np.empty((0, height, width), dtype=np.float32),
+        }
+        clusters, best = self._session.run(list(OUTPUT_NAMES), feeds)  # [H, W] each
+        labels = self._lookup[clusters].astype(self._label_dtype)
+        confidence = np.asarray(best, dtype=np.float32) if with_confidence else None
+        return SegmentationResult(labels=labels, confidence=confidence)
