@@ -2,8 +2,8 @@
 
     unim2_export --checkpoint runs/nyu/model.unim2.pt --out runs/nyu/model.onnx
 
-The node runs the file with ``model.runtime: onnxruntime`` and ``model.onnx: <file>``, next to
-the same checkpoint (see README, "Export and runtimes").
+``unim2_core.runtime.onnx_segmenter.OnnxSegmenter`` runs the file next to the same checkpoint
+(see README, "Exporting to ONNX"); the node does not take it yet.
 """
 
 from __future__ import annotations
