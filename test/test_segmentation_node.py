@@ -574,7 +574,10 @@ def test_parameters_are_validated_at_run_time_and_take_effect(
 @pytest.mark.parametrize(
     ("parameters", "match"),
     [
-        ({"model.precision": "int8"}, r"model.precision must be one of fp32, fp16, bf16"),
+        (
+            {"model.precision": "int8"},
+            r"model.precision must be one of 'fp32', 'fp16', 'bf16', got 'int8'",
+        ),
         ({"model.checkpoint": "/missing.pt"}, r"model.checkpoint: .*'/missing.pt'"),
         ({"model.backbone_weights": "/missing.safetensors"}, r"model.backbone_weights"),
         ({"inputs.modalities": ["rgb", "depth"]}, r"needs modality 'thermal'"),
