@@ -1,5 +1,5 @@
 """ONNX export and ONNX Runtime inference against the PyTorch Segmenter, on the real NYU frames
-of test/data (benchmarks/onnx_vs_torch.py compares all 10 of the shared sample)."""
+of test/data."""
 
 from __future__ import annotations
 
