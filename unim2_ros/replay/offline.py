@@ -18,7 +18,6 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from unim2_core.data.camera import CameraIntrinsics
 from unim2_core.data.encoding import EncodingKind
 from unim2_core.errors import DataError, EncodingError
 from unim2_core.evaluation.replay_writer import ReplayResult
@@ -169,7 +168,7 @@ def _camera_tracks(
             tracks[modality] = CameraInfoTrack(reader, topic)
             sources.append(f"{modality}: {topic} of the bag")
         else:
-            stored: CameraIntrinsics | None = encoding.intrinsics
+            stored = encoding.intrinsics
             sources.append(
                 f"{modality}: the checkpoint's {stored.to_list() if stored else None} "
                 f"(no {topic} in the bag)"
