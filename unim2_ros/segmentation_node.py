@@ -296,7 +296,6 @@ class SegmentationPipeline(Node):
         self._palette = np.asarray([label.color for label in self._model.labels_table], np.uint8)
         self._device_name = str(self._model.device)
         self._trained_dropout = float(bundle.training.get("train", {}).get("modality_dropout", 0))
-        self._warned_untrained_fallback = False
         self._settings = settings
         self._label_info_args: dict[str, Any] = {
             "checkpoint": settings.checkpoint,
