@@ -663,6 +663,7 @@ def test_live_lockstep_replay_through_the_node_reproduces_the_offline_labels(
     assert replay["settings"]["rate"] == "inf" and replay["settings"]["lockstep"] is True
     assert replay["counts"]["groups sent (as the node groups them)"] == N_FRAMES
     assert replay["counts"]["label outputs received"] == N_FRAMES
+    assert replay["counts"]["lockstep waits timed out"] == 0
     assert replay["output_bag"] == OUTPUT_BAG
     assert "labels arrived here minus the time the RGB message was published" in (
         result.report.read_text()
@@ -698,6 +699,9 @@ def test_live_replay_publishes_the_bags_camera_info_to_a_depth_hha_node(
     assert offline.n_frames == N_FRAMES
     counts = json.loads(result.json.read_text())["counts"]
     assert counts["input messages published"] == 3 * N_FRAMES  # rgb, depth, camera_info
+    # Lockstep waits for each group once its camera_info is out too, not for the timeout.
+    assert counts["groups sent (as the node groups them)"] == N_FRAMES
+    assert counts["lockstep waits timed out"] == 0
 
 
 def test_live_replay_at_the_recorded_rate_publishes_on_the_remapped_bag_topics(

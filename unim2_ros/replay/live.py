@@ -382,6 +382,8 @@ class _Play:
         """RGB stamps of the groups sent, as the node's synchroniser forms them."""
         self.label_info_written = False
         self.outputs = 0
+        self.timed_out = 0
+        """Lockstep waits that ended without the group's labels (each cost the timeout)."""
 
     def drain(self, timeout: float) -> None:
         """Handles the messages received, waiting up to ``timeout`` seconds for the first."""
@@ -417,6 +419,8 @@ class _Play:
         deadline = time.monotonic_ns() + int(self.timeout * _NS_PER_S)
         while stamp_ns not in self.arrived and (left := deadline - time.monotonic_ns()) > 0:
             self.drain(left / _NS_PER_S)
+        if stamp_ns not in self.arrived:
+            self.timed_out += 1
 
     def wait_for_rest(self) -> None:
         """Waits until every group has its labels or none came for the timeout."""
@@ -456,15 +460,19 @@ def _play(
     progress: bool,
 ) -> int:
     """Publishes the bag's messages of ``topics`` (and the ``camera_infos`` topics) in log order
-    at ``rate``; returns the count."""
-    modalities = list(topics)
+    at ``rate``; returns the count.
+
+    Groups are formed as the node forms them: camera_info, which the node synchronises after
+    the images, is a member of each group, so lockstep waits for labels only once the group's
+    camera_info is out too (the bag logs it after the images of the same stamp).
+    """
     role = {topic: modality for modality, topic in topics.items()}
+    members = [*topics.values(), *camera_infos]
     sync: ApproximateTimeSynchronizer[int] = ApproximateTimeSynchronizer(
-        len(modalities), queue_size=queue_size, slop=slop
+        len(members), queue_size=queue_size, slop=slop
     )
-    read = [*topics.values(), *camera_infos]
-    messages = reader.messages(read, strict=strict)
-    total = sum(reader.info.topics[topic].message_count for topic in read)
+    messages = reader.messages(members, strict=strict)
+    total = sum(reader.info.topics[topic].message_count for topic in members)
     store = typestore()
     first_log: int | None = None
     start = time.monotonic_ns()
@@ -479,22 +487,20 @@ def _play(
             play.sleep_until(start + paused + int((message.timestamp_ns - first_log) / rate))
         else:
             play.drain(0.0)
+        sent += 1
+        stamp = header_stamp_ns(message.msg.header)
         if message.topic in camera_infos:
             camera_infos[message.topic].publish(
                 bytes(store.serialize_cdr(message.msg, CAMERA_INFO_TYPE))
             )
-            sent += 1
-            continue
-        modality = role[message.topic]
-        data = bytes(store.serialize_cdr(message.msg, IMAGE_TYPE))
-        stamp = header_stamp_ns(message.msg.header)
-        if modality == "rgb":
-            play.published.setdefault(stamp, time.monotonic_ns())
-        publishers[modality].publish(data)
-        sent += 1
-        if not _usable(message, modality):
-            continue
-        group = sync.add(modalities.index(modality), stamp, stamp)
+        else:
+            modality = role[message.topic]
+            if modality == "rgb":
+                play.published.setdefault(stamp, time.monotonic_ns())
+            publishers[modality].publish(bytes(store.serialize_cdr(message.msg, IMAGE_TYPE)))
+            if not _usable(message, modality):
+                continue
+        group = sync.add(members.index(message.topic), stamp, stamp)
         if group is None:
             continue
         play.groups.append(group[0])
@@ -693,6 +699,7 @@ def replay_live(
                 "input messages published": sent,
                 "groups sent (as the node groups them)": len(play.groups),
                 "label outputs received": play.outputs,
+                "lockstep waits timed out": play.timed_out,
             },
             output_bag=output_bag,
         )
