@@ -245,8 +245,15 @@ def test_providers_are_chosen_from_what_onnxruntime_offers() -> None:
         choose_providers("cuda", "fp16", [CUDA_PROVIDER, CPU_PROVIDER])
     with pytest.raises(ExportError, match="precision must be one of .* got 'bf16'"):
         choose_providers("cpu", "bf16", gpu)
-    with pytest.raises(ExportError, match="device must be one of .* got 'cuda:1'"):
-        choose_providers("cuda:1", "fp32", gpu)
+    assert choose_providers("cuda:1", "fp16", gpu) == [
+        (TENSORRT_PROVIDER, {"device_id": 1, "trt_fp16_enable": True}),
+        (CUDA_PROVIDER, {"device_id": 1}),
+        CPU_PROVIDER,
+    ]
+    with pytest.raises(ExportError, match="device 'cuda:1' needs onnxruntime's"):
+        choose_providers("cuda:1", "fp32", cpu_only)
+    with pytest.raises(ExportError, match="device must be one of .* or cuda:N, got 'cuda:x'"):
+        choose_providers("cuda:x", "fp32", gpu)
 
 
 @pytest.mark.parametrize(
