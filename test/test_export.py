@@ -51,11 +51,15 @@ def nyu_frames(sample_data: Path) -> list[dict[str, np.ndarray]]:
 
 
 def _spread_bundle(
-    backbone: Backbone, encodings: dict[str, ModalityEncoding], frame: dict[str, np.ndarray]
+    backbone: Backbone,
+    encodings: dict[str, ModalityEncoding],
+    frame: dict[str, np.ndarray],
+    *,
+    shorter_side: int = 224,
 ) -> Bundle:
     """A bundle whose centroids sit on the codes of spread-out pixels of ``frame``, so that
     many clusters occur and their borders test the agreement (random centroids give one)."""
-    bundle = make_bundle(backbone, encodings, n_clusters=8)
+    bundle = make_bundle(backbone, encodings, n_clusters=8, shorter_side=shorter_side)
     segmenter = Segmenter(bundle, backbone, device="cpu")
     intrinsics = {"depth": NYU} if encodings["depth"].kind.value == "depth_hha" else None
     code = segmenter.code(frame, intrinsics=intrinsics)[0]  # [D, h, w]
