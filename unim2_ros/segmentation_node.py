@@ -26,6 +26,11 @@ Parameters: :mod:`unim2_ros.node_parameters` (every one is documented in
 ``config/unim2_node.yaml``). Values are checked at start-up, where a bad one stops the node with
 one line naming it, and at run time, where a bad one is refused with a reason.
 
+Runtimes: ``model.runtime: torch`` (default) runs the checkpoint's heads on the backbone in
+PyTorch; ``onnxruntime`` runs ``model.onnx``, the graph ``unim2_export`` wrote from the same
+checkpoint (:mod:`unim2_core.runtime.onnx_segmenter`). The rest of the node holds a
+:class:`~unim2_core.runtime.segmenter.FrameSegmenter` and is the same for both.
+
 Threads: subscription callbacks (one executor thread) only convert (zero-copy), count and hand
 frames to the approximate-time synchroniser; a complete group goes to a single-slot "latest
 group" buffer. One inference thread, which also builds the model, takes groups from it, so when
