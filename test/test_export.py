@@ -51,11 +51,15 @@ def nyu_frames(sample_data: Path) -> list[dict[str, np.ndarray]]:
 
 
 def _spread_bundle(
-    backbone: Backbone, encodings: dict[str, ModalityEncoding], frame: dict[str, np.ndarray]
+    backbone: Backbone,
+    encodings: dict[str, ModalityEncoding],
+    frame: dict[str, np.ndarray],
+    *,
+    shorter_side: int = 224,
 ) -> Bundle:
     """A bundle whose centroids sit on the codes of spread-out pixels of ``frame``, so that
     many clusters occur and their borders test the agreement (random centroids give one)."""
-    bundle = make_bundle(backbone, encodings, n_clusters=8)
+    bundle = make_bundle(backbone, encodings, n_clusters=8, shorter_side=shorter_side)
     segmenter = Segmenter(bundle, backbone, device="cpu")
     intrinsics = {"depth": NYU} if encodings["depth"].kind.value == "depth_hha" else None
     code = segmenter.code(frame, intrinsics=intrinsics)[0]  # [D, h, w]
@@ -245,8 +249,15 @@ def test_providers_are_chosen_from_what_onnxruntime_offers() -> None:
         choose_providers("cuda", "fp16", [CUDA_PROVIDER, CPU_PROVIDER])
     with pytest.raises(ExportError, match="precision must be one of .* got 'bf16'"):
         choose_providers("cpu", "bf16", gpu)
-    with pytest.raises(ExportError, match="device must be one of .* got 'cuda:1'"):
-        choose_providers("cuda:1", "fp32", gpu)
+    assert choose_providers("cuda:1", "fp16", gpu) == [
+        (TENSORRT_PROVIDER, {"device_id": 1, "trt_fp16_enable": True}),
+        (CUDA_PROVIDER, {"device_id": 1}),
+        CPU_PROVIDER,
+    ]
+    with pytest.raises(ExportError, match="device 'cuda:1' needs onnxruntime's"):
+        choose_providers("cuda:1", "fp32", cpu_only)
+    with pytest.raises(ExportError, match="device must be one of .* or cuda:N, got 'cuda:x'"):
+        choose_providers("cuda:x", "fp32", gpu)
 
 
 @pytest.mark.parametrize(

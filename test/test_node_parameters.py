@@ -52,6 +52,7 @@ def test_settings_take_defaults_for_missing_values() -> None:
     assert settings.checkpoint == "/m.pt"
     assert settings.slop == 0.2
     assert (settings.device, settings.precision, settings.input_size) == ("auto", "fp32", 0)
+    assert (settings.runtime, settings.onnx) == ("torch", "")
     assert (settings.qos_input, settings.qos_output) == ("sensor_data", "reliable")
     assert settings.publish_overlay and settings.overlay_alpha == 0.5
     assert settings.stream_timeout == 1.0 and settings.queue_size == 10
@@ -87,12 +88,65 @@ def test_settings_need_a_checkpoint() -> None:
         ("output.labels", 1, r"output.labels must be true or false, got 1"),
         ("diagnostics.stream_timeout", 0.0, r"diagnostics.stream_timeout must be >= 0.1"),
         ("model.checkpoint", 3, r"model.checkpoint must be a string, got 3"),
+        ("model.runtime", "tensorrt", r"model.runtime must be one of 'torch', 'onnxruntime', got"),
+        ("model.onnx", 1, r"model.onnx must be a string, got 1"),
     ],
 )
 def test_bad_values_are_refused_naming_the_parameter(name: str, value: object, match: str) -> None:
     assert check_value(SPECS_BY_NAME[name], value) is not None
     with pytest.raises(ConfigError, match=rf"^parameter {match}"):
         NodeSettings.from_parameters({"model.checkpoint": "/m.pt", name: value})
+
+
+def test_onnxruntime_settings_carry_the_onnx_file() -> None:
+    settings = NodeSettings.from_parameters(
+        {
+            "model.checkpoint": "/m.pt",
+            "model.runtime": "onnxruntime",
+            "model.onnx": "/m.onnx",
+            "model.device": "cuda:1",
+            "model.precision": "fp16",
+        }
+    )
+    assert (settings.runtime, settings.onnx) == ("onnxruntime", "/m.onnx")
+    assert (settings.device, settings.precision) == ("cuda:1", "fp16")
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        (
+            {"model.onnx": "/m.onnx"},
+            r"model.onnx must be empty with model.runtime 'torch' \(set model.runtime "
+            r"'onnxruntime' to run it\), got '/m.onnx'",
+        ),
+        (
+            {"model.runtime": "onnxruntime"},
+            r"model.onnx must be the ONNX file exported from model.checkpoint \(unim2_export\) "
+            r"with model.runtime 'onnxruntime', got ''",
+        ),
+        (
+            {"model.runtime": "onnxruntime", "model.onnx": "/m.onnx", "model.precision": "bf16"},
+            r"model.precision must be one of 'fp32', 'fp16' with model.runtime 'onnxruntime' "
+            r".*got 'bf16'",
+        ),
+        (
+            {
+                "model.runtime": "onnxruntime",
+                "model.onnx": "/m.onnx",
+                "model.precision": "fp16",
+                "model.device": "cpu",
+            },
+            r"model.precision must be 'fp32' with model.runtime 'onnxruntime' on model.device "
+            r"'cpu' \(fp16 is TensorRT's, on a GPU\), got 'fp16'",
+        ),
+    ],
+)
+def test_model_values_that_do_not_fit_the_runtime_are_refused(
+    values: dict[str, object], match: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"^parameter {match}"):
+        NodeSettings.from_parameters({"model.checkpoint": "/m.pt", **values})
 
 
 def test_integers_are_accepted_for_doubles() -> None:
@@ -148,6 +202,8 @@ def test_help_lists_every_declared_parameter_from_the_table() -> None:
         assert f"\n  {spec.name} (" in text
         assert spec.description in text
     assert "model.checkpoint (string, required, read-only)" in text
+    assert "model.runtime (string, default 'torch', read-only; one of torch, onnxruntime)" in text
+    assert "model.onnx (string, default '', read-only)" in text
     assert "sync.slop (double, default 0.05, settable at run time; 0.001 to 10)" in text
     assert "inputs.modalities (string array" in text and "encoding.<modality>.low" in text
 

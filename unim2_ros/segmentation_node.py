@@ -26,6 +26,11 @@ Parameters: :mod:`unim2_ros.node_parameters` (every one is documented in
 ``config/unim2_node.yaml``). Values are checked at start-up, where a bad one stops the node with
 one line naming it, and at run time, where a bad one is refused with a reason.
 
+Runtimes: ``model.runtime: torch`` (default) runs the checkpoint's heads on the backbone in
+PyTorch; ``onnxruntime`` runs ``model.onnx``, the graph ``unim2_export`` wrote from the same
+checkpoint (:mod:`unim2_core.runtime.onnx_segmenter`). The rest of the node holds a
+:class:`~unim2_core.runtime.segmenter.FrameSegmenter` and is the same for both.
+
 Threads: subscription callbacks (one executor thread) only convert (zero-copy), count and hand
 frames to the approximate-time synchroniser; a complete group goes to a single-slot "latest
 group" buffer. One inference thread, which also builds the model, takes groups from it, so when
@@ -86,12 +91,15 @@ from unim2_core.errors import (
     CheckpointError,
     ConfigError,
     EncodingError,
+    ExportError,
 )
 from unim2_core.model.backbone import load_backbone
 from unim2_core.model.checkpoint import Bundle, load_bundle
+from unim2_core.runtime.export import checkpoint_identity
 from unim2_core.runtime.latest_slot import LatestSlot
+from unim2_core.runtime.onnx_segmenter import OnnxSegmenter, available_providers, choose_providers
 from unim2_core.runtime.pointcloud import labelled_points
-from unim2_core.runtime.segmenter import Segmenter
+from unim2_core.runtime.segmenter import FrameSegmenter, Segmenter
 from unim2_core.runtime.sync import ApproximateTimeSynchronizer, FallbackSynchronizer
 from unim2_core.runtime.visualize import colorize, overlay
 from unim2_ros.errors import InputRejectedError
@@ -187,7 +195,19 @@ def _descriptor(spec: ParameterSpec) -> ParameterDescriptor:
     return descriptor
 
 
-def _load_segmenter(bundle: Bundle, settings: NodeSettings) -> Segmenter:
+def _load_segmenter(bundle: Bundle, settings: NodeSettings) -> FrameSegmenter:
+    """The checkpoint's model in the runtime ``model.runtime`` names; the node uses either
+    through :class:`~unim2_core.runtime.segmenter.FrameSegmenter` alone.
+
+    Raises:
+        ConfigError: naming the parameter at fault (see the two loaders).
+    """
+    if settings.runtime == "onnxruntime":
+        return _load_onnx_segmenter(bundle, settings)
+    return _load_torch_segmenter(bundle, settings)
+
+
+def _load_torch_segmenter(bundle: Bundle, settings: NodeSettings) -> Segmenter:
     """The backbone the checkpoint names, loaded from ``model.backbone_weights``, with its heads.
 
     Raises:
@@ -217,6 +237,47 @@ def _load_segmenter(bundle: Bundle, settings: NodeSettings) -> Segmenter:
         raise ConfigError(f"parameter model.device: {err}") from err
 
 
+def _load_onnx_segmenter(bundle: Bundle, settings: NodeSettings) -> OnnxSegmenter:
+    """The graph of ``model.onnx`` in ONNX Runtime, checked to be the checkpoint's export.
+
+    The execution providers are checked first, device before precision, so that a GPU request
+    onnxruntime cannot serve names ``model.device`` and an fp16 request without TensorRT names
+    ``model.precision``.
+
+    Raises:
+        ConfigError: naming ``model.runtime`` (onnxruntime not installed), ``model.device``,
+            ``model.precision``, ``model.checkpoint`` (unreadable) or ``model.onnx`` (missing,
+            corrupt, not a unim2 export, or exported from another checkpoint).
+    """
+    try:
+        available = available_providers()
+    except ExportError as err:
+        raise ConfigError(f"parameter model.runtime 'onnxruntime': {err}") from err
+    try:
+        choose_providers(settings.device, "fp32", available)
+    except ExportError as err:
+        raise ConfigError(f"parameter model.device {settings.device!r}: {err}") from err
+    try:
+        choose_providers(settings.device, settings.precision, available)
+    except ExportError as err:
+        raise ConfigError(f"parameter model.precision {settings.precision!r}: {err}") from err
+    try:
+        expected = checkpoint_identity(settings.checkpoint)
+    except (CheckpointError, ExportError) as err:
+        raise ConfigError(f"parameter model.checkpoint: {err}") from err
+    try:
+        return OnnxSegmenter(
+            bundle,
+            settings.onnx,
+            expected=expected,
+            device=settings.device,
+            precision=settings.precision,
+            shorter_side=settings.input_size or None,
+        )
+    except ExportError as err:  # the message names the file
+        raise ConfigError(f"parameter model.onnx: {err}") from err
+
+
 class SegmentationPipeline(Node):
     """The node's logic in four steps, shared by :class:`SegmentationNode` and the managed
     node of :mod:`unim2_ros.lifecycle_node`.
@@ -238,7 +299,7 @@ class SegmentationPipeline(Node):
         self._points_pub: Publisher[PointCloud2] | None = None
         self._camera_modality: str | None = None
         self._worker: threading.Thread | None = None
-        self._model: Segmenter | None = None
+        self._model: FrameSegmenter | None = None
         self._active = False
         self._outputs_lock = threading.Lock()
         self._callbacks_added = False
@@ -294,7 +355,7 @@ class SegmentationPipeline(Node):
         for modality in self._modalities[1:]:
             self._apply_encoding(modality)
         self._palette = np.asarray([label.color for label in self._model.labels_table], np.uint8)
-        self._device_name = str(self._model.device)
+        self._device_name = self._model.device_label
         self._trained_dropout = float(bundle.training.get("train", {}).get("modality_dropout", 0))
         self._settings = settings
         self._label_info_args: dict[str, Any] = {
@@ -587,7 +648,7 @@ class SegmentationPipeline(Node):
         while (group := self._slot.take()) is not None:
             self._segment(segmenter, group)
 
-    def _segment(self, segmenter: Segmenter, synced: tuple[_Synced | None, ...]) -> None:
+    def _segment(self, segmenter: FrameSegmenter, synced: tuple[_Synced | None, ...]) -> None:
         group, intrinsics = self._split_camera_info(synced)
         rgb = group[0]
         assert rgb is not None  # RGB is never optional in the synchroniser

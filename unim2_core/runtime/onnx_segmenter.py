@@ -12,14 +12,15 @@ modality's slot of the batch is zeros and the heads fuse without it. (The backbo
 over that zero slot: the graph's batch is the model's full modality list.)
 
 Execution providers are chosen from what ``onnxruntime.get_available_providers()`` reports:
-``cpu`` takes the CPU provider; ``cuda`` the TensorRT and/or CUDA providers (an error when
-neither is present or the session could not start one); ``auto`` the GPU providers when
-present, else the CPU. ``fp16`` precision is TensorRT's (its ``trt_fp16_enable`` option); the
-graph itself is fp32.
+``cpu`` takes the CPU provider; ``cuda`` (or ``cuda:N``, GPU index N, passed on as the
+providers' ``device_id``) the TensorRT and/or CUDA providers (an error when neither is present
+or the session could not start one); ``auto`` the GPU providers when present, else the CPU.
+``fp16`` precision is TensorRT's (its ``trt_fp16_enable`` option); the graph itself is fp32.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +54,24 @@ CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 TENSORRT_PROVIDER = "TensorrtExecutionProvider"
 GPU_PROVIDERS = (TENSORRT_PROVIDER, CUDA_PROVIDER)
+_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(?::([0-9]+))?")
+
+
+def available_providers() -> list[str]:
+    """What ``onnxruntime.get_available_providers()`` reports.
+
+    Raises:
+        ExportError: onnxruntime is not installed.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise ExportError(
+            "onnxruntime is not installed: pip install onnxruntime (CPU) or onnxruntime-gpu "
+            "(CUDA / TensorRT)"
+        ) from err
+    providers: list[str] = ort.get_available_providers()
+    return providers
 
 
 def choose_providers(
@@ -61,7 +80,7 @@ def choose_providers(
     """Execution providers, in priority order, for ``device`` and ``precision``.
 
     Args:
-        device: ``cpu``, ``cuda`` or ``auto``.
+        device: ``cpu``, ``cuda``, ``cuda:N`` (GPU index N) or ``auto``.
         precision: ``fp32``, or ``fp16`` (TensorRT only).
         available: What ``onnxruntime.get_available_providers()`` reports.
 
@@ -69,18 +88,21 @@ def choose_providers(
         ExportError: an unknown device or precision, or no provider fits, naming what
             onnxruntime reports.
     """
-    if device not in ONNX_DEVICES:
-        raise ExportError(f"onnxruntime device must be one of {ONNX_DEVICES}, got {device!r}")
+    spelled = _DEVICE_PATTERN.fullmatch(device)
+    if spelled is None:
+        raise ExportError(
+            f"onnxruntime device must be one of {ONNX_DEVICES} or cuda:N, got {device!r}"
+        )
     if precision not in ONNX_PRECISIONS:
         raise ExportError(
             f"onnxruntime precision must be one of {ONNX_PRECISIONS}, got {precision!r} "
             "(the exported graph is fp32; fp16 is TensorRT's)"
         )
     gpu = [name for name in GPU_PROVIDERS if name in available]
-    if device == "cuda" and not gpu:
+    if device.startswith("cuda") and not gpu:
         raise ExportError(
-            f"device 'cuda' needs onnxruntime's {TENSORRT_PROVIDER} or {CUDA_PROVIDER}, but it "
-            f"reports only {list(available)} (install onnxruntime-gpu)"
+            f"device {device!r} needs onnxruntime's {TENSORRT_PROVIDER} or {CUDA_PROVIDER}, "
+            f"but it reports only {list(available)} (install onnxruntime-gpu)"
         )
     chosen = [] if device == "cpu" else gpu
     if precision == "fp16" and TENSORRT_PROVIDER not in chosen:
@@ -88,12 +110,13 @@ def choose_providers(
             f"precision 'fp16' with onnxruntime needs the {TENSORRT_PROVIDER} on a GPU device "
             f"(the exported graph is fp32); onnxruntime reports {list(available)}"
         )
-    providers: list[str | tuple[str, dict[str, Any]]] = [
-        (name, {"trt_fp16_enable": True})
-        if name == TENSORRT_PROVIDER and precision == "fp16"
-        else name
-        for name in chosen
-    ]
+    index = spelled.group(1)
+    providers: list[str | tuple[str, dict[str, Any]]] = []
+    for name in chosen:
+        options: dict[str, Any] = {} if index is None else {"device_id": int(index)}
+        if name == TENSORRT_PROVIDER and precision == "fp16":
+            options["trt_fp16_enable"] = True
+        providers.append((name, options) if options else name)
     return [*providers, CPU_PROVIDER]
 
 
@@ -104,7 +127,7 @@ class OnnxSegmenter:
         bundle: The checkpoint the file was exported from (label table, encodings, resolution).
         onnx_path: The exported file.
         expected: Identity the file must carry (``export.checkpoint_identity``).
-        device: ``cpu``, ``cuda`` or ``auto`` (see :func:`choose_providers`).
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (see :func:`choose_providers`).
         precision: ``fp32``; ``fp16`` with TensorRT.
         shorter_side: Processing resolution; the bundle's when None.
         apply_mapping: As for ``Segmenter``.
@@ -128,8 +151,6 @@ class OnnxSegmenter:
         apply_mapping: bool = True,
         threads: int | None = None,
     ) -> None:
-        import onnxruntime as ort
-
         if shorter_side is not None and shorter_side < 1:
             raise ValueError(f"shorter_side must be positive, got {shorter_side}")
         if threads is not None and threads < 1:
@@ -137,7 +158,9 @@ class OnnxSegmenter:
         source = repr(str(onnx_path))
         if not Path(onnx_path).is_file():
             raise ExportError(f"ONNX file not found: {source}")
-        providers = choose_providers(device, precision, ort.get_available_providers())
+        providers = choose_providers(device, precision, available_providers())
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: provider fallbacks are checked below
         if threads is not None:
@@ -158,7 +181,7 @@ class OnnxSegmenter:
                 f"{list(OUTPUT_NAMES)}"
             )
         used = session.get_providers()
-        if device == "cuda" and not any(name in used for name in GPU_PROVIDERS):
+        if device.startswith("cuda") and not any(name in used for name in GPU_PROVIDERS):
             raise ExportError(
                 f"{source}: onnxruntime could not start a GPU provider (session uses {used}); "
                 "check the CUDA / TensorRT libraries"

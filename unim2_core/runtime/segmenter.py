@@ -9,7 +9,7 @@ from __future__ import annotations
 import colorsys
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -132,6 +132,41 @@ def present_modalities(modalities: Sequence[str], missing: Collection[str]) -> t
     return tuple(m for m in modalities if m not in missing)
 
 
+class FrameSegmenter(Protocol):
+    """What a caller of a segmenter uses, whichever runtime runs the model: :class:`Segmenter`
+    (PyTorch) or ``onnx_segmenter.OnnxSegmenter`` (ONNX Runtime). The node holds one of these
+    and never asks which."""
+
+    labels_table: list[LabelInfo]
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Modality names the model needs, ``rgb`` first."""
+        ...
+
+    @property
+    def encodings(self) -> dict[str, ModalityEncoding]:
+        """Encoding of each modality, as trained (the node adjusts its ranges in place)."""
+        ...
+
+    @property
+    def device_label(self) -> str:
+        """Where the model runs, for logs and diagnostics (``cpu``, ``cuda:0``,
+        ``onnxruntime:CPUExecutionProvider``...)."""
+        ...
+
+    def __call__(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        *,
+        with_confidence: bool = False,
+        intrinsics: Mapping[str, CameraIntrinsics] | None = None,
+        missing: Collection[str] = (),
+    ) -> SegmentationResult:
+        """Segment one frame group of raw arrays (see ``Segmenter.__call__``)."""
+        ...
+
+
 class Segmenter:
     """A trained bundle on a loaded backbone, ready to segment frame groups.
 
@@ -226,6 +261,11 @@ class Segmenter:
     def encodings(self) -> dict[str, ModalityEncoding]:
         """Encoding of each modality, as trained."""
         return self.bundle.encodings
+
+    @property
+    def device_label(self) -> str:
+        """The torch device (``cpu``, ``cuda:0``...), for logs and diagnostics."""
+        return str(self.device)
 
     def processing_size(self, height: int, width: int) -> tuple[int, int]:
         """The backbone input size used for an input of ``height`` x ``width``."""
