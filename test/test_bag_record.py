@@ -293,7 +293,11 @@ def test_command_line_reports_an_existing_output(
 
 @pytest.mark.parametrize(
     ("extra", "message"),
-    [(["--duration", "0"], "--duration must be > 0"), (["--max-messages", "0"], ">= 1")],
+    [
+        (["--duration", "0"], "argument --duration: must be a finite number > 0, got 0"),
+        (["--duration", "nan"], "argument --duration: must be a finite number > 0, got nan"),
+        (["--max-messages", "0"], "argument --max-messages: must be >= 1, got 0"),
+    ],
 )
 def test_command_line_rejects_bad_limits(
     tmp_path: Path, extra: list[str], message: str, capsys: pytest.CaptureFixture[str]

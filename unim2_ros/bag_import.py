@@ -37,7 +37,7 @@ import yaml
 from tqdm import tqdm
 
 from unim2_core.atomic import atomic_write_text
-from unim2_core.cli import add_progress_argument, run_cli
+from unim2_core.cli import add_progress_argument, positive_float, positive_int, run_cli
 from unim2_core.data.datasets.base import FrameGroup
 from unim2_core.data.datasets.folder import (
     DATASET_YAML,
@@ -51,7 +51,9 @@ from unim2_ros.bag_io import (
     DEFAULT_SLOP,
     BagReader,
     FrameStats,
-    modality_topic_argument,
+    add_topic_argument,
+    class_names_argument,
+    parsed_topics,
 )
 
 _LISTED_SKIPS = 5
@@ -259,26 +261,6 @@ def _format_skipped(stats: FrameStats) -> str:
     return "\n".join(lines)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, import the bag and print a summary."""
     parser = argparse.ArgumentParser(
@@ -288,36 +270,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("bag", type=Path, help="rosbag2 folder, .db3 or .mcap file")
     parser.add_argument("--out", required=True, type=Path, help="dataset folder to write")
-    parser.add_argument(
-        "--topic",
-        dest="topics",
-        action="append",
-        required=True,
-        type=modality_topic_argument,
-        metavar="MODALITY=TOPIC",
-        help="an Image topic per modality, e.g. rgb=/camera/color/image_raw (repeatable; "
-        "rgb required)",
-    )
+    add_topic_argument(parser)
     parser.add_argument("--labels", metavar="TOPIC", help="Image topic of class ids")
     parser.add_argument(
         "--class-names",
-        type=lambda text: [name.strip() for name in text.split(",")],
+        type=class_names_argument,
         metavar="A,B,...",
         help="comma-separated names of the label ids, for dataset.yaml",
     )
     parser.add_argument(
         "--slop",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_SLOP,
         help="largest stamp spread within a group, seconds (default %(default)s)",
     )
     parser.add_argument(
         "--queue-size",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_QUEUE_SIZE,
         help="synchroniser queue per topic (default %(default)s)",
     )
-    parser.add_argument("--every", type=_positive_int, default=1, help="keep every N-th group")
+    parser.add_argument("--every", type=positive_int, default=1, help="keep every N-th group")
     parser.add_argument("--split", help="write splits/SPLIT.txt listing the imported frames")
     parser.add_argument(
         "--append",
@@ -327,11 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_progress_argument(parser)
     args = parser.parse_args(argv)
-    topics = dict(args.topics)
-    if len(topics) != len(args.topics):
-        parser.error("each modality may be given one --topic")
-    if "rgb" not in topics:
-        parser.error("an rgb topic is required: --topic rgb=TOPIC")
+    topics = parsed_topics(parser, args)
     if args.class_names is not None and args.labels is None:
         parser.error("--class-names needs --labels")
 

@@ -185,6 +185,36 @@ def modality_topic_argument(text: str) -> tuple[str, str]:
     return name, topic
 
 
+def add_topic_argument(parser: argparse.ArgumentParser) -> None:
+    """The bag tools' repeatable ``--topic MODALITY=TOPIC``; read it with :func:`parsed_topics`."""
+    parser.add_argument(
+        "--topic",
+        dest="topics",
+        action="append",
+        required=True,
+        type=modality_topic_argument,
+        metavar="MODALITY=TOPIC",
+        help="an Image topic per modality, e.g. rgb=/camera/color/image_raw (repeatable; "
+        "rgb required)",
+    )
+
+
+def parsed_topics(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+    """Modality -> topic from :func:`add_topic_argument`'s ``--topic`` options; a modality given
+    twice, or no ``rgb``, is a usage error (``parser.error``, exit status 2)."""
+    topics = dict(args.topics)
+    if len(topics) != len(args.topics):
+        parser.error("each modality may be given one --topic")
+    if "rgb" not in topics:
+        parser.error("an rgb topic is required: --topic rgb=TOPIC")
+    return topics
+
+
+def class_names_argument(text: str) -> list[str]:
+    """argparse type of the bag tools' ``--class-names A,B,...``: the names, stripped."""
+    return [name.strip() for name in text.split(",")]
+
+
 LABEL_ENCODINGS = frozenset({"mono8", "8UC1", "mono16", "16UC1"})
 """Image encodings of a label topic (class ids, uint8 or uint16)."""
 

@@ -52,6 +52,7 @@ from rosbags.interfaces import (
     QosTime,
 )
 
+from unim2_core.cli import positive_float, positive_int
 from unim2_core.errors import Interrupted, Unim2Error
 from unim2_ros.bag_io import BagImageWriter, StorageFormat, typestore
 from unim2_ros.errors import BagError
@@ -423,9 +424,9 @@ def _parser() -> argparse.ArgumentParser:
         help="bag folder to create (-o / --output: old spellings)",
     )
     parser.add_argument("--storage", choices=("sqlite3", "mcap"), default="sqlite3")
-    parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    parser.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
     parser.add_argument(
-        "--max-messages", type=int, metavar="N", help="stop after N messages in total"
+        "--max-messages", type=positive_int, metavar="N", help="stop after N messages in total"
     )
     return parser
 
@@ -451,12 +452,6 @@ def main(args: list[str] | None = None) -> int:
     argv = sys.argv if args is None else args
     parser = _parser()
     options = parser.parse_args(remove_ros_args(argv)[1:])
-    if options.duration is not None and not (
-        math.isfinite(options.duration) and options.duration > 0
-    ):
-        parser.error(f"--duration must be > 0, got {options.duration}")
-    if options.max_messages is not None and options.max_messages < 1:
-        parser.error(f"--max-messages must be >= 1, got {options.max_messages}")
 
     def body() -> int:
         try:
