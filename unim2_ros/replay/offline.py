@@ -22,15 +22,8 @@ from unim2_core.data.encoding import EncodingKind
 from unim2_core.errors import DataError, EncodingError
 from unim2_core.evaluation.replay_writer import ReplayResult
 from unim2_core.runtime.segmenter import Segmenter
-from unim2_ros.bag_io import BagReader
-from unim2_ros.replay.common import (
-    NODE_QUEUE_SIZE,
-    NODE_SLOP,
-    CameraInfoTrack,
-    camera_info_topic,
-    progress_bar,
-    start_pass,
-)
+from unim2_ros.bag_io import BagReader, CameraInfoTrack, camera_info_topic
+from unim2_ros.replay.common import NODE_QUEUE_SIZE, NODE_SLOP, progress_bar, start_pass
 
 __all__ = ["replay_offline"]
 
