@@ -21,6 +21,14 @@ into any other folder would overwrite its files or mix two recordings, so it is 
 Messages that cannot be decoded are skipped and counted (a warning lists them); a named topic
 missing from the bag, or of another type than sensor_msgs/msg/Image, is an error. An AoLP topic
 (32FC1 angle in radians, as the node takes it) is stored as the folder layout's (sin, cos) pair.
+
+Calibration: the ``camera_info`` topic beside each imported image topic
+(``/cam/depth/image_raw`` -> ``/cam/depth/camera_info``, as ``unim2_record`` records it) is read
+when the bag has it. The folder layout has no place for intrinsics (a training config carries
+them, ``modalities.<name>.intrinsics`` of a ``depth_hha`` encoding), so its distinct
+calibrations are kept in the import record and returned (:attr:`ImportSummary.cameras`), and
+the command prints them as ``[fx, fy, cx, cy, width, height]``, ready for the config. A
+camera_info topic without a calibrated camera (all-zero matrix) is reported as such.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from tqdm import tqdm
 
 from unim2_core.atomic import atomic_write_text
 from unim2_core.cli import add_progress_argument, positive_float, positive_int, run_cli
+from unim2_core.data.camera import CameraIntrinsics
 from unim2_core.data.datasets.base import FrameGroup
 from unim2_core.data.datasets.folder import (
     DATASET_YAML,
@@ -50,8 +59,10 @@ from unim2_ros.bag_io import (
     DEFAULT_QUEUE_SIZE,
     DEFAULT_SLOP,
     BagReader,
+    CameraInfoTrack,
     FrameStats,
     add_topic_argument,
+    camera_info_topic,
     class_names_argument,
     parsed_topics,
 )
@@ -61,16 +72,32 @@ IMPORT_RECORD = ".unim2_import.json"
 """Hidden file (the dataset reader ignores it) listing the imports written into a folder."""
 
 
+class ImportedCamera(NamedTuple):
+    """The calibration found beside one imported image topic.
+
+    Attributes:
+        topic: The ``camera_info`` topic.
+        calibrations: Its distinct calibrations in stamp order; empty when it holds no
+            calibrated camera.
+    """
+
+    topic: str
+    calibrations: tuple[CameraIntrinsics, ...]
+
+
 class ImportSummary(NamedTuple):
     """What an import wrote.
 
     Attributes:
         stems: Frames written, in bag order.
         stats: What the bag reader did with each topic's messages.
+        cameras: Modality -> the calibration beside its image topic, for the modalities whose
+            ``camera_info`` topic is in the bag.
     """
 
     stems: tuple[str, ...]
     stats: FrameStats
+    cameras: Mapping[str, ImportedCamera]
 
 
 def import_bag(
@@ -121,11 +148,20 @@ def import_bag(
         "queue_size": queue_size,
         "every": every,
     }
-    earlier = _check_output_folder(out, source, append=append)
     with BagReader(bag) as reader:
         stream = reader.frame_groups(
             topics, label_topic=label_topic, queue_size=queue_size, slop=slop
         )
+        cameras = _cameras(reader, topics)
+        if cameras:
+            source["camera_info"] = {
+                modality: {
+                    "topic": camera.topic,
+                    "intrinsics": [c.to_list() for c in camera.calibrations],
+                }
+                for modality, camera in cameras.items()
+            }
+        earlier = _check_output_folder(out, source, append=append)
         if label_topic is not None or class_names is not None:
             _prepare_dataset_yaml(out, class_names)
         rgb_count = reader.info.topics[topics["rgb"]].message_count
@@ -153,7 +189,26 @@ def import_bag(
         )
     if split is not None:
         _write_text(out / SPLITS_DIR / f"{split}.txt", "".join(f"{s}\n" for s in stems))
-    return ImportSummary(tuple(stems), stats)
+    return ImportSummary(tuple(stems), stats, cameras)
+
+
+def _cameras(reader: BagReader, topics: Mapping[str, str]) -> dict[str, ImportedCamera]:
+    """The calibration beside each image topic whose ``camera_info`` topic is in the bag.
+
+    Raises:
+        BagError: Such a topic is not a CameraInfo topic, or a message cannot be decoded.
+    """
+    cameras: dict[str, ImportedCamera] = {}
+    for modality, image_topic in topics.items():
+        topic = camera_info_topic(image_topic)
+        if topic not in reader.info.topics:
+            continue
+        try:
+            calibrations = tuple(CameraInfoTrack(reader, topic).calibrations)
+        except DataError:  # only uncalibrated messages: reported, not fatal
+            calibrations = ()
+        cameras[modality] = ImportedCamera(topic, calibrations)
+    return cameras
 
 
 def _folder_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -245,6 +300,16 @@ def _format_summary(
         role = roles.get(topic, "labels")
         lines.append(
             f"  {role:8s} {topic}: {received} messages, {stats.dropped[topic]} not in a group"
+        )
+    for modality, camera in summary.cameras.items():
+        if not camera.calibrations:
+            lines.append(f"  {modality:8s} {camera.topic}: no calibrated camera (all-zero K)")
+            continue
+        first = [round(value, 6) for value in camera.calibrations[0].to_list()]
+        several = len(camera.calibrations)
+        lines.append(
+            f"  {modality:8s} intrinsics {first} (fx fy cx cy w h) from {camera.topic}"
+            + (f"; {several} calibrations in the bag, this is the first" if several > 1 else "")
         )
     return "\n".join(lines)
 

@@ -1035,6 +1035,15 @@ class CameraInfoTrack:
         self._stamps = np.array(sorted(track), dtype=np.int64)
         self._intrinsics = [track[int(stamp)] for stamp in self._stamps]
 
+    @property
+    def calibrations(self) -> list[CameraIntrinsics]:
+        """The distinct calibrations of the topic, in stamp order (one for a fixed camera)."""
+        distinct: list[CameraIntrinsics] = []
+        for intrinsics in self._intrinsics:
+            if intrinsics not in distinct:
+                distinct.append(intrinsics)
+        return distinct
+
     def at(self, stamp_ns: int) -> CameraIntrinsics:
         """The calibration in force at ``stamp_ns``."""
         index = int(np.searchsorted(self._stamps, stamp_ns, side="right")) - 1
