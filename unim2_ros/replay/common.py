@@ -198,7 +198,8 @@ def start_pass(
         queue_size: Synchroniser queue size per topic.
         slop: Synchroniser slop, seconds.
         strict: Raise on an undecodable message; otherwise skip and count it.
-        settings: Other settings for the report.
+        settings: Settings of this kind of pass for the report (the synchroniser's and
+            ``strict`` are added here).
         overlay_alpha: Weight of the label colours in the overlays.
         video: Write the overlay video.
 
@@ -222,7 +223,7 @@ def start_pass(
             model=model,
             latency=latency,
             ground_truth=truth.description,
-            settings=settings,
+            settings={"slop_s": slop, "queue_size": queue_size, "strict": strict, **settings},
         ),
         labels_table=labels_table,
         ground_truth=truth.enabled,

@@ -107,12 +107,7 @@ def replay_offline(
             queue_size=queue_size,
             slop=slop,
             strict=strict,
-            settings={
-                "slop_s": slop,
-                "queue_size": queue_size,
-                "strict": strict,
-                **({"intrinsics": intrinsics_source} if intrinsics_source else {}),
-            },
+            settings={"intrinsics": intrinsics_source} if intrinsics_source else {},
             overlay_alpha=overlay_alpha,
             video=video,
         )
