@@ -133,7 +133,8 @@ def import_bag(
     Raises:
         ValueError: ``every`` below 1, or a topic mapping or synchroniser argument the bag
             reader refuses.
-        BagError: The bag cannot be read or lacks a named topic.
+        BagError: The bag cannot be read or lacks a named topic, or the ``camera_info``
+            topic beside an image topic holds another type or an undecodable message.
         DataError: ``out`` holds other files (see the module docstring), class names missing
             or disagreeing with ``dataset.yaml``, no group found, frames whose modalities
             differ in size, or a file that cannot be written.
