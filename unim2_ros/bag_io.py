@@ -61,12 +61,12 @@ from unim2_ros.errors import BagError, ImageConversionError
 from unim2_ros.image_conversion import (
     RGB8_SOURCES,
     array_to_image,
+    camera_info_intrinsics,
     header_stamp_ns,
     image_to_array,
     to_rgb8,
 )
 from unim2_ros.node_parameters import SPECS_BY_NAME
-from unim2_ros.point_cloud import camera_info_intrinsics
 
 __all__ = [
     "CAMERA_INFO_TYPE",
