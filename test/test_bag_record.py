@@ -31,11 +31,27 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability
 from rosbags.interfaces import QosTime as T
 from rosbags.rosbag2 import Reader
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header, String
 
-from unim2_ros.bag_io import IMAGE_TYPE, STRING_TYPE, BagReader, StorageFormat, typestore
-from unim2_ros.bag_record import BagRecorder, _unrecordable, adapted_qos, bag_qos, main
+from unim2_ros.bag_io import (
+    CAMERA_INFO_TYPE,
+    IMAGE_TYPE,
+    STRING_TYPE,
+    BagReader,
+    CameraInfoTrack,
+    StorageFormat,
+    camera_info_topic,
+    typestore,
+)
+from unim2_ros.bag_record import (
+    DISCOVERY_PERIOD,
+    BagRecorder,
+    _unrecordable,
+    adapted_qos,
+    bag_qos,
+    main,
+)
 from unim2_ros.errors import BagError
 from unim2_ros.image_conversion import array_to_image, image_to_array
 
@@ -168,6 +184,72 @@ def test_recorder_writes_what_was_published(
     assert image_qos.deadline == INFINITE
 
 
+DEPTH_TOPIC = "/cam/depth/image_raw"
+DEPTH_INFO = "/cam/depth/camera_info"
+
+
+def camera_infos() -> list[CameraInfo]:
+    """One calibration per image of :func:`images`, with the same stamps."""
+    infos = []
+    for index, image in enumerate(images()):
+        info = CameraInfo(header=image.header, width=64, height=48)
+        info.k = [500.0 + index, 0.0, 32.0, 0.0, 501.0, 24.0, 0.0, 0.0, 1.0]
+        infos.append(info)
+    return infos
+
+
+def test_recorder_also_records_the_camera_info_beside_an_image_topic(
+    tmp_path: Path, context: Context
+) -> None:
+    talker = Node("talker", context=context)
+    image_pub = talker.create_publisher(Image, DEPTH_TOPIC, RELIABLE)
+    info_pub = talker.create_publisher(CameraInfo, DEPTH_INFO, RELIABLE)
+    out = tmp_path / "bag"
+    recorder = BagRecorder(out, [DEPTH_TOPIC], max_messages=2 * N_IMAGES, context=context)
+    try:
+        with spinning(context, talker, recorder):
+            wait_until(lambda: info_pub.get_subscription_count() == 1, 10, "camera_info")
+            for image, info in zip(images(), camera_infos(), strict=True):
+                image_pub.publish(image)
+                info_pub.publish(info)
+            wait_until(recorder.done.done, 10, "the message limit")
+    finally:
+        recorder.destroy_node()
+        talker.destroy_node()
+
+    summary = recorder.summary()
+    assert dict(summary.message_counts) == {DEPTH_TOPIC: N_IMAGES, DEPTH_INFO: N_IMAGES}
+    assert dict(summary.msgtypes) == {DEPTH_TOPIC: IMAGE_TYPE, DEPTH_INFO: CAMERA_INFO_TYPE}
+    assert dict(summary.not_recorded) == {}
+    with BagReader(out) as bag:
+        track = CameraInfoTrack(bag, camera_info_topic(DEPTH_TOPIC))
+    first, last = images()[0].header.stamp, images()[-1].header.stamp
+    assert track.at(first.sec * 1_000_000_000 + first.nanosec).fx == 500.0
+    assert track.at(last.sec * 1_000_000_000 + last.nanosec).fx == 500.0 + N_IMAGES - 1
+
+
+def test_recorder_without_camera_info_records_only_the_named_topics(
+    tmp_path: Path, context: Context
+) -> None:
+    talker = Node("talker", context=context)
+    image_pub = talker.create_publisher(Image, DEPTH_TOPIC, RELIABLE)
+    info_pub = talker.create_publisher(CameraInfo, DEPTH_INFO, RELIABLE)
+    recorder = BagRecorder(
+        tmp_path / "bag", [DEPTH_TOPIC], max_messages=1, camera_info=False, context=context
+    )
+    try:
+        with spinning(context, talker, recorder):
+            wait_until(lambda: image_pub.get_subscription_count() == 1, 10, "the subscription")
+            time.sleep(5 * DISCOVERY_PERIOD)  # discovery rounds in which camera_info is seen
+            assert info_pub.get_subscription_count() == 0
+            image_pub.publish(images()[0])
+            wait_until(recorder.done.done, 10, "the message limit")
+    finally:
+        recorder.destroy_node()
+        talker.destroy_node()
+    assert dict(recorder.summary().message_counts) == {DEPTH_TOPIC: 1}
+
+
 def test_recorder_stops_after_its_duration(tmp_path: Path, context: Context) -> None:
     recorder = BagRecorder(tmp_path / "bag", ["/silent"], duration=0.3, context=context)
     start = time.monotonic()
@@ -293,7 +375,11 @@ def test_command_line_reports_an_existing_output(
 
 @pytest.mark.parametrize(
     ("extra", "message"),
-    [(["--duration", "0"], "--duration must be > 0"), (["--max-messages", "0"], ">= 1")],
+    [
+        (["--duration", "0"], "argument --duration: must be a finite number > 0, got 0"),
+        (["--duration", "nan"], "argument --duration: must be a finite number > 0, got nan"),
+        (["--max-messages", "0"], "argument --max-messages: must be >= 1, got 0"),
+    ],
 )
 def test_command_line_rejects_bad_limits(
     tmp_path: Path, extra: list[str], message: str, capsys: pytest.CaptureFixture[str]

@@ -50,7 +50,15 @@ from unim2_core.model.backbone import Backbone
 from unim2_core.model.checkpoint import Bundle, ClassMapping, save_bundle
 from unim2_core.runtime.segmenter import Segmenter
 from unim2_demo.synthetic_scenes import CLASS_NAMES, IGNORE_LABEL, SceneFrame, generate_sequence
-from unim2_ros.bag_io import IMAGE_TYPE, STRING_TYPE, BagImageWriter, BagReader, StorageFormat
+from unim2_ros.bag_io import (
+    IMAGE_TYPE,
+    STRING_TYPE,
+    BagImageWriter,
+    BagReader,
+    CameraInfoTrack,
+    StorageFormat,
+    camera_info_topic,
+)
 from unim2_ros.errors import BagError, ReplayError
 from unim2_ros.image_conversion import image_to_array
 from unim2_ros.label_info import parse_label_info
@@ -61,7 +69,6 @@ from unim2_ros.replay import (
     replay_live,
     replay_offline,
 )
-from unim2_ros.replay.common import CameraInfoTrack, camera_info_topic
 from unim2_ros.segmentation_node import SegmentationNode
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]

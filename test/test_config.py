@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,18 @@ def test_reference_hyperparameters_are_the_papers() -> None:
         ("modalities.depth.kind=sonar", r"'modalities\.depth': unknown encoding kind 'sonar'"),
         ("loss.modalities.depth.shift.knn=x", r"loss\.modalities\.depth.*knn must be a number"),
         ("dataset.kind=kitti", r"'dataset\.kind' must be one of 'nyu'"),
-        ("loss.knn_neighbours=40", r"'loss\.knn_neighbours' \(40\) must not exceed"),
+        (
+            "loss.knn_neighbours=40",
+            r"'loss\.knn_neighbours' must be <= 'loss\.knn_keep' \(30\), got 40$",
+        ),
+        (
+            "train.batch_size=1",
+            r"'train\.batch_size' must be >= 2 while 'loss\.random_pairs' is 5, got 1$",
+        ),
+        ("train.lr=0", r"config key 'train\.lr' must be > 0, got 0$"),
+        ("train.probe_lr=-1", r"config key 'train\.probe_lr' must be > 0, got -1$"),
+        ("dataset.holdout_fraction=1", r"'dataset\.holdout_fraction' must be in \(0, 1\), got 1"),
+        ("train.device=gpu", r"config key 'train\.device' must be one of cpu, cuda, .*'gpu'"),
         (
             "train.selection_split=train",
             r"'train\.selection_split' must be one of 'val', 'test', got 'train'",
@@ -95,6 +107,21 @@ def test_loss_settings_must_cover_exactly_the_modalities() -> None:
     del data["loss"]["modalities"]["depth"]
     with pytest.raises(ConfigError, match=r"missing \['depth'\]"):
         parse_config(data)
+
+
+def test_batch_size_one_is_allowed_without_random_pairs() -> None:
+    config = load_config(
+        CONFIG_DIR / "train_nyu.yaml", ["train.batch_size=1", "loss.random_pairs=0"]
+    )
+    assert (config.train.batch_size, config.loss.random_pairs) == (1, 0)
+
+
+def test_a_config_changed_in_code_still_keeps_the_rules_between_keys() -> None:
+    config = load_config(CONFIG_DIR / "train_nyu.yaml")
+    with pytest.raises(ConfigError, match=r"'loss\.knn_neighbours' must be <= 'loss\.knn_keep'"):
+        dataclasses.replace(config, loss=dataclasses.replace(config.loss, knn_keep=3))
+    with pytest.raises(ConfigError, match=r"'loss\.modalities' must list exactly .*\['rgb'\]"):
+        dataclasses.replace(config, modalities={"rgb": config.modalities["rgb"]})
 
 
 def test_missing_required_section_is_named() -> None:
@@ -138,7 +165,9 @@ def test_modality_dropout_is_off_by_default_and_needs_an_auxiliary_modality() ->
     data["loss"]["modalities"] = {"rgb": data["loss"]["modalities"]["rgb"]}
     data.setdefault("train", {})["modality_dropout"] = 0.3
     with pytest.raises(
-        ConfigError, match=r"modality_dropout' needs an auxiliary modality.*\['rgb'\]"
+        ConfigError,
+        match=r"'train\.modality_dropout' must be 0 when 'modalities' holds no auxiliary "
+        r"modality to drop \(\['rgb'\]\), got 0\.3$",
     ):
         parse_config(data)
 

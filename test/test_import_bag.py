@@ -6,6 +6,7 @@ the imported folder is read back with FolderDataset and compared with the frames
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,12 @@ import yaml
 
 from unim2_core.data.datasets.folder import FolderDataset, write_frame_group
 from unim2_demo.synthetic_scenes import CLASS_NAMES, SceneFrame, generate_sequence
-from unim2_ros.bag_import import main
+from unim2_ros.bag_import import IMPORT_RECORD, main
 from unim2_ros.bag_io import IMAGE_TYPE, BagImageWriter, StorageFormat, typestore
 
 RGB = "/camera/color/image_raw"
 DEPTH = "/camera/depth/image_rect_raw"
+DEPTH_INFO = "/camera/depth/camera_info"
 LABELS = "/camera/labels"
 N_FRAMES = 5
 JITTER_NS = (1_000_000, 4_000_000, -6_000_000)
@@ -43,10 +45,12 @@ def write_bag(
     storage: StorageFormat = "sqlite3",
     float_depth: bool = False,
     short_depth: int | None = None,
+    depth_k: list[np.ndarray] | None = None,
 ) -> Path:
     """rgb8 colour, jittered depth logged 5 ms later (16UC1 or 32FC1), mono8 labels.
 
-    ``short_depth`` names a frame followed by a second depth Image holding one byte too few.
+    ``short_depth`` names a frame followed by a second depth Image holding one byte too few;
+    with ``depth_k`` each depth image has a CameraInfo beside it (the matrices in turn).
     """
     with BagImageWriter(path, storage=storage) as writer:
         writer.write_string("/label_info", "{}", frames[0].stamp_ns)
@@ -62,6 +66,11 @@ def write_bag(
             else:
                 writer.write_image(
                     DEPTH, frame.depth_mm, "16UC1", stamp, "depth", timestamp_ns=log_time
+                )
+            if depth_k is not None:
+                k = depth_k[index % len(depth_k)]
+                writer.write_camera_info(
+                    DEPTH_INFO, width=64, height=48, k=k, stamp_ns=stamp, frame_id="depth"
                 )
             if index == short_depth:
                 writer.write(DEPTH, log_time + 1, _short_depth_message(frame, stamp))
@@ -115,6 +124,39 @@ def test_import_writes_the_recorded_arrays_into_the_folder_layout(
     assert f"wrote {N_FRAMES} of {N_FRAMES} synchronised frame groups" in output.out
     assert f"depth    {DEPTH}: {N_FRAMES} messages, 0 not in a group" in output.out
     assert "WARNING" not in output.err
+
+
+def test_import_reports_and_records_the_depth_calibration_beside_its_topic(
+    tmp_path: Path, frames: list[SceneFrame], capsys: pytest.CaptureFixture[str]
+) -> None:
+    k = np.array([[50.5, 0, 31.5], [0, 51.0, 23.5], [0, 0, 1]])
+    bag = write_bag(tmp_path / "bag", frames, depth_k=[k])
+    out = tmp_path / "data"
+    assert main([str(bag), "--out", str(out), *TOPIC_ARGS, "--no-progress"]) == 0
+    assert (
+        f"depth    intrinsics [50.5, 51.0, 31.5, 23.5, 64.0, 48.0] (fx fy cx cy w h) from "
+        f"{DEPTH_INFO}\n"
+    ) in capsys.readouterr().out
+    (record,) = json.loads((out / IMPORT_RECORD).read_text())
+    assert record["camera_info"] == {
+        "depth": {"topic": DEPTH_INFO, "intrinsics": [[50.5, 51.0, 31.5, 23.5, 64, 48]]}
+    }
+    assert len(FolderDataset(out, split="all")) == N_FRAMES  # the layout itself is unchanged
+    assert main([str(bag), "--out", str(out), *TOPIC_ARGS, "--no-progress"]) == 0  # re-run
+
+
+def test_import_names_every_calibration_and_an_uncalibrated_camera_info(
+    tmp_path: Path, frames: list[SceneFrame], capsys: pytest.CaptureFixture[str]
+) -> None:
+    k = np.array([[50.0, 0, 32.0], [0, 50.0, 24.0], [0, 0, 1]])
+    bag = write_bag(tmp_path / "bag", frames, depth_k=[k, 2 * k])
+    assert main([str(bag), "--out", str(tmp_path / "a"), *TOPIC_ARGS, "--no-progress"]) == 0
+    assert "from /camera/depth/camera_info; 2 calibrations in the bag, this is the first" in (
+        capsys.readouterr().out
+    )
+    bag = write_bag(tmp_path / "zero", frames, depth_k=[np.zeros((3, 3))])
+    assert main([str(bag), "--out", str(tmp_path / "b"), *TOPIC_ARGS, "--no-progress"]) == 0
+    assert f"depth    {DEPTH_INFO}: no calibrated camera (all-zero K)" in capsys.readouterr().out
 
 
 def test_import_keeps_float_depth_in_metres(tmp_path: Path, frames: list[SceneFrame]) -> None:

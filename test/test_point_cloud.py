@@ -14,12 +14,8 @@ from unim2_core.data.camera import CameraIntrinsics
 from unim2_core.data.encoding import ModalityEncoding
 from unim2_core.errors import EncodingError
 from unim2_core.runtime.pointcloud import POINT_DTYPE, labelled_points
-from unim2_ros.point_cloud import (
-    camera_info_intrinsics,
-    depth_modality,
-    point_cloud_message,
-    point_fields,
-)
+from unim2_ros.image_conversion import camera_info_intrinsics
+from unim2_ros.point_cloud import depth_modality, point_cloud_message, point_fields
 
 # sensor_msgs/msg/PointField.msg: datatype constants -> struct format characters
 STRUCT_FORMATS = {

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from unim2_core.errors import ConfigError, DataError
-from unim2_core.schema import Field, check_keys, unknown_key_problem
+from unim2_core.schema import Field, Relation, check_keys, check_relations, unknown_key_problem
 
 
 @pytest.mark.parametrize(
@@ -73,3 +73,19 @@ def test_unknown_keys_are_named_with_a_suggestion_and_optionally_the_known_ones(
     check_keys({"lr": 1}, ["lr"])
     with pytest.raises(DataError, match=r"^'p': unknown key 'train\.stepz' \(did you mean 'steps'"):
         check_keys({"stepz": 1}, ["steps"], where="'p': ", prefix="train", error=DataError)
+
+
+def _at_most(value: int, bound: int) -> str | None:
+    return None if value <= bound else f"must be <= 'b' ({bound}), got {value}"
+
+
+def test_relations_are_checked_in_order_and_name_the_key_they_constrain() -> None:
+    values = {"a": 5, "b": 3, "c": 9}
+    relations = [Relation("c", ("a",), _at_most), Relation("a", ("b",), _at_most)]
+    with pytest.raises(ConfigError, match=r"^config key 'c' must be <= 'b' \(5\), got 9$"):
+        check_relations(values.__getitem__, relations, noun="config key")
+    values["c"] = 5
+    with pytest.raises(DataError, match=r"^key 'a' must be <= 'b' \(3\), got 5$"):
+        check_relations(values.__getitem__, relations, error=DataError)
+    values["b"] = 5
+    check_relations(values.__getitem__, relations)

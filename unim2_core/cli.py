@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Callable
 
@@ -49,6 +50,30 @@ def add_device_argument(
         type=device_argument,
         help=f"where the model runs: {DEVICE_HELP} (default: {default})",
     )
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str, *, allow_inf: bool = False) -> float:
+    """argparse type of a duration, rate or tolerance: a number > 0, finite unless
+    ``allow_inf`` (bind it with ``functools.partial``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and (allow_inf or math.isfinite(value))):
+        bound = "a number > 0" if allow_inf else "a finite number > 0"
+        raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+    return value
 
 
 def add_progress_argument(parser: argparse.ArgumentParser) -> None:

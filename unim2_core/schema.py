@@ -2,10 +2,12 @@
 node's parameters.
 
 A :class:`Field` describes one key: its type, whether null is allowed, the allowed choices, an
-inclusive range and a further check. Every refusal reads ``<key> must be <rule>, got <value>``
-with the full key (``config key 'train.steps'``, ``parameter sync.slop``, ``'<path>': key
-'palette'``: each caller names its keys its way), so a user sees one style whichever file or
-parameter was wrong. Unknown keys are refused with the closest known one as a suggestion.
+inclusive range and a further check; a :class:`Relation` is a rule between keys (one value
+bounded by another), refused naming the key it constrains and the keys it reads. Every refusal
+reads ``<key> must be <rule>, got <value>`` with the full key (``config key 'train.steps'``,
+``parameter sync.slop``, ``'<path>': key 'palette'``: each caller names its keys its way), so a
+user sees one style whichever file or parameter was wrong. Unknown keys are refused with the
+closest known one as a suggestion.
 
 The error class is the caller's (``ConfigError`` for configs and parameters, ``DataError`` for
 a dataset's files): the engine only words the problem.
@@ -112,6 +114,49 @@ class Field:
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         return value
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A rule between keys: the value of ``key`` checked against the values of ``others``
+    (``train.batch_size`` against ``loss.random_pairs``), for what no single :class:`Field`
+    can see.
+
+    Attributes:
+        key: The key a refusal names, as the user writes it (a dotted path).
+        others: The keys the rule reads besides ``key``; the refusal names them too.
+        check: Called with the value of ``key``, then of each of ``others``; returns the
+            refusal after the key (``must be ..., got <value of key>``), or None.
+    """
+
+    key: str
+    others: tuple[str, ...]
+    check: Callable[..., str | None]
+
+
+def check_relations(
+    value_of: Callable[[str], object],
+    relations: Iterable[Relation],
+    *,
+    noun: str = "key",
+    error: type[Unim2Error] = ConfigError,
+) -> None:
+    """Refuses the first broken relation, naming its key (``<noun> '<key>' must be ...``).
+
+    Args:
+        value_of: The value of a dotted key (e.g. ``operator.attrgetter(key)(config)``).
+        relations: The rules, checked in order.
+        noun: What a key is called in the message (``config key``).
+        error: The caller's error class.
+
+    Raises:
+        Unim2Error: of class ``error``.
+    """
+    for relation in relations:
+        values = [value_of(name) for name in (relation.key, *relation.others)]
+        problem = relation.check(*values)
+        if problem is not None:
+            raise error(f"{noun} {relation.key!r} {problem}")
 
 
 def _has_kind(value: object, kind: type) -> bool:

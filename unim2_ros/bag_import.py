@@ -21,6 +21,14 @@ into any other folder would overwrite its files or mix two recordings, so it is 
 Messages that cannot be decoded are skipped and counted (a warning lists them); a named topic
 missing from the bag, or of another type than sensor_msgs/msg/Image, is an error. An AoLP topic
 (32FC1 angle in radians, as the node takes it) is stored as the folder layout's (sin, cos) pair.
+
+Calibration: the ``camera_info`` topic beside each imported image topic
+(``/cam/depth/image_raw`` -> ``/cam/depth/camera_info``, as ``unim2_record`` records it) is read
+when the bag has it. The folder layout has no place for intrinsics (a training config carries
+them, ``modalities.<name>.intrinsics`` of a ``depth_hha`` encoding), so its distinct
+calibrations are kept in the import record and returned (:attr:`ImportSummary.cameras`), and
+the command prints them as ``[fx, fy, cx, cy, width, height]``, ready for the config. A
+camera_info topic without a calibrated camera (all-zero matrix) is reported as such.
 """
 
 from __future__ import annotations
@@ -37,7 +45,8 @@ import yaml
 from tqdm import tqdm
 
 from unim2_core.atomic import atomic_write_text
-from unim2_core.cli import add_progress_argument, run_cli
+from unim2_core.cli import add_progress_argument, positive_float, positive_int, run_cli
+from unim2_core.data.camera import CameraIntrinsics
 from unim2_core.data.datasets.base import FrameGroup
 from unim2_core.data.datasets.folder import (
     DATASET_YAML,
@@ -50,13 +59,30 @@ from unim2_ros.bag_io import (
     DEFAULT_QUEUE_SIZE,
     DEFAULT_SLOP,
     BagReader,
+    CameraInfoTrack,
     FrameStats,
-    modality_topic_argument,
+    add_topic_argument,
+    camera_info_topic,
+    class_names_argument,
+    parsed_topics,
 )
 
 _LISTED_SKIPS = 5
 IMPORT_RECORD = ".unim2_import.json"
 """Hidden file (the dataset reader ignores it) listing the imports written into a folder."""
+
+
+class ImportedCamera(NamedTuple):
+    """The calibration found beside one imported image topic.
+
+    Attributes:
+        topic: The ``camera_info`` topic.
+        calibrations: Its distinct calibrations in stamp order; empty when it holds no
+            calibrated camera.
+    """
+
+    topic: str
+    calibrations: tuple[CameraIntrinsics, ...]
 
 
 class ImportSummary(NamedTuple):
@@ -65,10 +91,13 @@ class ImportSummary(NamedTuple):
     Attributes:
         stems: Frames written, in bag order.
         stats: What the bag reader did with each topic's messages.
+        cameras: Modality -> the calibration beside its image topic, for the modalities whose
+            ``camera_info`` topic is in the bag.
     """
 
     stems: tuple[str, ...]
     stats: FrameStats
+    cameras: Mapping[str, ImportedCamera]
 
 
 def import_bag(
@@ -104,7 +133,8 @@ def import_bag(
     Raises:
         ValueError: ``every`` below 1, or a topic mapping or synchroniser argument the bag
             reader refuses.
-        BagError: The bag cannot be read or lacks a named topic.
+        BagError: The bag cannot be read or lacks a named topic, or the ``camera_info``
+            topic beside an image topic holds another type or an undecodable message.
         DataError: ``out`` holds other files (see the module docstring), class names missing
             or disagreeing with ``dataset.yaml``, no group found, frames whose modalities
             differ in size, or a file that cannot be written.
@@ -119,11 +149,20 @@ def import_bag(
         "queue_size": queue_size,
         "every": every,
     }
-    earlier = _check_output_folder(out, source, append=append)
     with BagReader(bag) as reader:
         stream = reader.frame_groups(
             topics, label_topic=label_topic, queue_size=queue_size, slop=slop
         )
+        cameras = _cameras(reader, topics)
+        if cameras:
+            source["camera_info"] = {
+                modality: {
+                    "topic": camera.topic,
+                    "intrinsics": [c.to_list() for c in camera.calibrations],
+                }
+                for modality, camera in cameras.items()
+            }
+        earlier = _check_output_folder(out, source, append=append)
         if label_topic is not None or class_names is not None:
             _prepare_dataset_yaml(out, class_names)
         rgb_count = reader.info.topics[topics["rgb"]].message_count
@@ -151,7 +190,26 @@ def import_bag(
         )
     if split is not None:
         _write_text(out / SPLITS_DIR / f"{split}.txt", "".join(f"{s}\n" for s in stems))
-    return ImportSummary(tuple(stems), stats)
+    return ImportSummary(tuple(stems), stats, cameras)
+
+
+def _cameras(reader: BagReader, topics: Mapping[str, str]) -> dict[str, ImportedCamera]:
+    """The calibration beside each image topic whose ``camera_info`` topic is in the bag.
+
+    Raises:
+        BagError: Such a topic is not a CameraInfo topic, or a message cannot be decoded.
+    """
+    cameras: dict[str, ImportedCamera] = {}
+    for modality, image_topic in topics.items():
+        topic = camera_info_topic(image_topic)
+        if topic not in reader.info.topics:
+            continue
+        try:
+            calibrations = tuple(CameraInfoTrack(reader, topic).calibrations)
+        except DataError:  # only uncalibrated messages: reported, not fatal
+            calibrations = ()
+        cameras[modality] = ImportedCamera(topic, calibrations)
+    return cameras
 
 
 def _folder_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -244,6 +302,16 @@ def _format_summary(
         lines.append(
             f"  {role:8s} {topic}: {received} messages, {stats.dropped[topic]} not in a group"
         )
+    for modality, camera in summary.cameras.items():
+        if not camera.calibrations:
+            lines.append(f"  {modality:8s} {camera.topic}: no calibrated camera (all-zero K)")
+            continue
+        first = [round(value, 6) for value in camera.calibrations[0].to_list()]
+        several = len(camera.calibrations)
+        lines.append(
+            f"  {modality:8s} intrinsics {first} (fx fy cx cy w h) from {camera.topic}"
+            + (f"; {several} calibrations in the bag, this is the first" if several > 1 else "")
+        )
     return "\n".join(lines)
 
 
@@ -259,26 +327,6 @@ def _format_skipped(stats: FrameStats) -> str:
     return "\n".join(lines)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, import the bag and print a summary."""
     parser = argparse.ArgumentParser(
@@ -288,36 +336,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("bag", type=Path, help="rosbag2 folder, .db3 or .mcap file")
     parser.add_argument("--out", required=True, type=Path, help="dataset folder to write")
-    parser.add_argument(
-        "--topic",
-        dest="topics",
-        action="append",
-        required=True,
-        type=modality_topic_argument,
-        metavar="MODALITY=TOPIC",
-        help="an Image topic per modality, e.g. rgb=/camera/color/image_raw (repeatable; "
-        "rgb required)",
-    )
+    add_topic_argument(parser)
     parser.add_argument("--labels", metavar="TOPIC", help="Image topic of class ids")
     parser.add_argument(
         "--class-names",
-        type=lambda text: [name.strip() for name in text.split(",")],
+        type=class_names_argument,
         metavar="A,B,...",
         help="comma-separated names of the label ids, for dataset.yaml",
     )
     parser.add_argument(
         "--slop",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_SLOP,
         help="largest stamp spread within a group, seconds (default %(default)s)",
     )
     parser.add_argument(
         "--queue-size",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_QUEUE_SIZE,
         help="synchroniser queue per topic (default %(default)s)",
     )
-    parser.add_argument("--every", type=_positive_int, default=1, help="keep every N-th group")
+    parser.add_argument("--every", type=positive_int, default=1, help="keep every N-th group")
     parser.add_argument("--split", help="write splits/SPLIT.txt listing the imported frames")
     parser.add_argument(
         "--append",
@@ -327,11 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_progress_argument(parser)
     args = parser.parse_args(argv)
-    topics = dict(args.topics)
-    if len(topics) != len(args.topics):
-        parser.error("each modality may be given one --topic")
-    if "rgb" not in topics:
-        parser.error("an rgb topic is required: --topic rgb=TOPIC")
+    topics = parsed_topics(parser, args)
     if args.class_names is not None and args.labels is None:
         parser.error("--class-names needs --labels")
 

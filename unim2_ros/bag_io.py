@@ -54,11 +54,14 @@ from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.store import Typestore
 
+from unim2_core.data.camera import CameraIntrinsics
+from unim2_core.errors import DataError, EncodingError
 from unim2_core.runtime.sync import ApproximateTimeSynchronizer
 from unim2_ros.errors import BagError, ImageConversionError
 from unim2_ros.image_conversion import (
     RGB8_SOURCES,
     array_to_image,
+    camera_info_intrinsics,
     header_stamp_ns,
     image_to_array,
     to_rgb8,
@@ -81,13 +84,18 @@ __all__ = [
     "BagMessage",
     "BagReader",
     "BagTopic",
+    "CameraInfoTrack",
     "FrameGroupStream",
     "FrameStats",
     "ImageHeader",
     "QosPreset",
     "SkippedMessage",
     "StorageFormat",
+    "add_topic_argument",
+    "camera_info_topic",
+    "class_names_argument",
     "modality_topic_argument",
+    "parsed_topics",
     "typestore",
 ]
 
@@ -183,6 +191,36 @@ def modality_topic_argument(text: str) -> tuple[str, str]:
             f"{', '.join(MODALITY_ENCODINGS)}"
         )
     return name, topic
+
+
+def add_topic_argument(parser: argparse.ArgumentParser) -> None:
+    """The bag tools' repeatable ``--topic MODALITY=TOPIC``; read it with :func:`parsed_topics`."""
+    parser.add_argument(
+        "--topic",
+        dest="topics",
+        action="append",
+        required=True,
+        type=modality_topic_argument,
+        metavar="MODALITY=TOPIC",
+        help="an Image topic per modality, e.g. rgb=/camera/color/image_raw (repeatable; "
+        "rgb required)",
+    )
+
+
+def parsed_topics(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+    """Modality -> topic from :func:`add_topic_argument`'s ``--topic`` options; a modality given
+    twice, or no ``rgb``, is a usage error (``parser.error``, exit status 2)."""
+    topics = dict(args.topics)
+    if len(topics) != len(args.topics):
+        parser.error("each modality may be given one --topic")
+    if "rgb" not in topics:
+        parser.error("an rgb topic is required: --topic rgb=TOPIC")
+    return topics
+
+
+def class_names_argument(text: str) -> list[str]:
+    """argparse type of the bag tools' ``--class-names A,B,...``: the names, stripped."""
+    return [name.strip() for name in text.split(",")]
 
 
 LABEL_ENCODINGS = frozenset({"mono8", "8UC1", "mono16", "16UC1"})
@@ -955,3 +993,58 @@ def _header(stamp_ns: int, frame_id: str) -> Any:
     sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
     stamp = types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
     return types["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """The ``camera_info`` topic beside an image topic (image_transport's convention):
+    ``/cam/depth/image_raw`` -> ``/cam/depth/camera_info``."""
+    return f"{image_topic.rsplit('/', 1)[0]}/camera_info"
+
+
+class CameraInfoTrack:
+    """A bag's CameraInfo messages of one topic, as intrinsics by header stamp.
+
+    A frame takes the last calibration stamped at or before it (the first one for frames
+    before any), as a node that keeps the latest camera_info would. Messages with an
+    uncalibrated (all-zero) matrix are skipped and counted.
+
+    Raises:
+        BagError: The topic is not a CameraInfo topic of the bag, or a message is undecodable.
+        DataError: The topic holds no usable calibration.
+    """
+
+    def __init__(self, reader: BagReader, topic: str) -> None:
+        self.topic = topic
+        self.unusable = 0
+        track: dict[int, CameraIntrinsics] = {}
+        for message in reader.messages([topic]):
+            if message.msgtype != CAMERA_INFO_TYPE:
+                raise BagError(
+                    f"topic {topic!r} of bag {str(reader.path)!r} holds {message.msgtype}, "
+                    f"not {CAMERA_INFO_TYPE}"
+                )
+            try:
+                track[header_stamp_ns(message.msg.header)] = camera_info_intrinsics(message.msg)
+            except EncodingError:
+                self.unusable += 1
+        if not track:
+            raise DataError(
+                f"camera_info topic {topic!r} of bag {str(reader.path)!r} holds no calibrated "
+                f"camera ({self.unusable} messages with an all-zero matrix or empty size)"
+            )
+        self._stamps = np.array(sorted(track), dtype=np.int64)
+        self._intrinsics = [track[int(stamp)] for stamp in self._stamps]
+
+    @property
+    def calibrations(self) -> list[CameraIntrinsics]:
+        """The distinct calibrations of the topic, in stamp order (one for a fixed camera)."""
+        distinct: list[CameraIntrinsics] = []
+        for intrinsics in self._intrinsics:
+            if intrinsics not in distinct:
+                distinct.append(intrinsics)
+        return distinct
+
+    def at(self, stamp_ns: int) -> CameraIntrinsics:
+        """The calibration in force at ``stamp_ns``."""
+        index = int(np.searchsorted(self._stamps, stamp_ns, side="right")) - 1
+        return self._intrinsics[max(index, 0)]

@@ -14,8 +14,15 @@ last 10. The bag records the QoS profiles the publishers offered, so ``ros2 bag 
 them again. A topic is recorded only when its type is in the ``rosbags`` type store with the
 same type hash as the live type, which guarantees the bag decodes with ``rosbags``.
 
+Beside every recorded Image topic the recorder also records its ``camera_info`` topic
+(image_transport's convention, ``/cam/depth/image_raw`` -> ``/cam/depth/camera_info``) once
+that topic has a publisher, so the bag keeps the calibration that ``unim2_replay`` and
+``unim2_import_bag`` read; ``--no-camera-info`` records only the named topics. A camera_info
+topic that never appears is not an error.
+
 The recorder stops on SIGINT / SIGTERM, after ``--duration`` seconds (steady clock) or after
-``--max-messages`` messages, and always finishes the bag it has written so far.
+``--max-messages`` messages (camera_info messages included), and always finishes the bag it has
+written so far.
 """
 
 from __future__ import annotations
@@ -52,8 +59,15 @@ from rosbags.interfaces import (
     QosTime,
 )
 
+from unim2_core.cli import positive_float, positive_int
 from unim2_core.errors import Interrupted, Unim2Error
-from unim2_ros.bag_io import BagImageWriter, StorageFormat, typestore
+from unim2_ros.bag_io import (
+    IMAGE_TYPE,
+    BagImageWriter,
+    StorageFormat,
+    camera_info_topic,
+    typestore,
+)
 from unim2_ros.errors import BagError
 from unim2_ros.rclpy_internals import RCLError
 from unim2_ros.ros_cli import run_ros_cli
@@ -170,6 +184,8 @@ class BagRecorder(Node):
         storage: ``"sqlite3"`` or ``"mcap"``.
         max_messages: Stop after this many messages in total; None for no limit.
         duration: Stop after this many seconds; None for no limit.
+        camera_info: Also record the ``camera_info`` topic beside each Image topic (module
+            docstring).
         context: rclpy context of the node; the global one when None.
 
     Raises:
@@ -186,6 +202,7 @@ class BagRecorder(Node):
         storage: StorageFormat = "sqlite3",
         max_messages: int | None = None,
         duration: float | None = None,
+        camera_info: bool = True,
         context: Context | None = None,
     ) -> None:
         if not topics:
@@ -200,6 +217,10 @@ class BagRecorder(Node):
         self._path = Path(output)
         self._storage = storage
         self._max_messages = max_messages
+        self._camera_info = camera_info
+        self._beside: set[str] = set()
+        """``camera_info`` topics beside recorded Image topics, not subscribed yet (optional:
+        never in ``not_recorded`` while they have not appeared)."""
         self._lock = threading.Lock()
         self._accepted = 0
         self._msgtypes: dict[str, str] = {}
@@ -222,14 +243,16 @@ class BagRecorder(Node):
             )
 
     def _discover(self) -> None:
-        """Subscribes to every pending topic that now has a publisher."""
+        """Subscribes to every pending topic (and camera_info beside an Image topic) that now
+        has a publisher."""
         graph = dict(self.get_topic_names_and_types())
-        for topic in sorted(self._pending):
+        for topic in sorted(self._pending | self._beside):
             types = graph.get(topic)
             publishers = self.get_publishers_info_by_topic(topic)
             if not types or not publishers:
                 continue
             self._pending.discard(topic)
+            self._beside.discard(topic)
             problem = _unrecordable(topic, types, publishers)
             if problem is not None:
                 with self._lock:
@@ -247,10 +270,12 @@ class BagRecorder(Node):
                 raw=True,
             )
             with self._lock:
-                del self._not_recorded[topic]
+                self._not_recorded.pop(topic, None)
                 self._msgtypes[topic] = msgtype
             self.get_logger().info(f"recording {topic!r} ({msgtype})")
-        if not self._pending:
+            if self._camera_info and msgtype == IMAGE_TYPE:
+                self._record_beside(camera_info_topic(topic))
+        if not self._pending and not self._beside:
             self._discovery.cancel()
         elif not self._warned and time.monotonic() - self._started > NOT_SEEN_WARNING_S:
             self._warned = True
@@ -259,6 +284,16 @@ class BagRecorder(Node):
                 f"no publisher of {missing} after {NOT_SEEN_WARNING_S:g} s; still waiting "
                 "(check the names with ros2 topic list, and ROS_DOMAIN_ID)"
             )
+
+    def _record_beside(self, topic: str) -> None:
+        """Watches for ``topic`` (a camera_info beside an Image topic) unless it is recorded or
+        watched already."""
+        with self._lock:
+            known = topic in self._msgtypes or topic in self._not_recorded
+        if known or topic in self._pending or topic in self._beside:
+            return
+        self._beside.add(topic)
+        self.get_logger().info(f"also recording {topic!r} once it is published")
 
     def _on_message(self, topic: str, data: bytes) -> None:
         stamp = self.get_clock().now().nanoseconds
@@ -423,9 +458,15 @@ def _parser() -> argparse.ArgumentParser:
         help="bag folder to create (-o / --output: old spellings)",
     )
     parser.add_argument("--storage", choices=("sqlite3", "mcap"), default="sqlite3")
-    parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    parser.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
     parser.add_argument(
-        "--max-messages", type=int, metavar="N", help="stop after N messages in total"
+        "--max-messages", type=positive_int, metavar="N", help="stop after N messages in total"
+    )
+    parser.add_argument(
+        "--no-camera-info",
+        action="store_true",
+        help="record only the named topics (default: also the camera_info topic beside each "
+        "Image topic, when it is published)",
     )
     return parser
 
@@ -451,12 +492,6 @@ def main(args: list[str] | None = None) -> int:
     argv = sys.argv if args is None else args
     parser = _parser()
     options = parser.parse_args(remove_ros_args(argv)[1:])
-    if options.duration is not None and not (
-        math.isfinite(options.duration) and options.duration > 0
-    ):
-        parser.error(f"--duration must be > 0, got {options.duration}")
-    if options.max_messages is not None and options.max_messages < 1:
-        parser.error(f"--max-messages must be >= 1, got {options.max_messages}")
 
     def body() -> int:
         try:
@@ -467,6 +502,7 @@ def main(args: list[str] | None = None) -> int:
                     storage=options.storage,
                     max_messages=options.max_messages,
                     duration=options.duration,
+                    camera_info=not options.no_camera_info,
                 )
                 try:
                     rclpy.spin_until_future_complete(recorder, recorder.done)

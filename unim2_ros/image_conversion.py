@@ -1,4 +1,5 @@
-"""sensor_msgs/Image <-> numpy conversions, importable without rclpy.
+"""sensor_msgs/Image <-> numpy conversions (and a CameraInfo's intrinsics, a Header's stamp),
+importable without rclpy.
 
 Two kinds of Image objects pass through here: rclpy's generated ``sensor_msgs.msg.Image`` (live
 topics; ``data`` is an ``array.array('B')``) and the dataclasses of the ``rosbags`` library
@@ -22,6 +23,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from unim2_core.data.camera import CameraIntrinsics
 from unim2_ros.errors import ImageConversionError
 
 
@@ -299,3 +301,12 @@ def header_stamp_ns(header: Any) -> int:
     matching) share, so a frame's stamp is the same number everywhere.
     """
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def camera_info_intrinsics(msg: Any) -> CameraIntrinsics:
+    """The intrinsics of a ``sensor_msgs/CameraInfo`` (its ``k`` and image size).
+
+    Raises:
+        EncodingError: an uncalibrated (all-zero) camera matrix or an empty image size.
+    """
+    return CameraIntrinsics.from_matrix(list(msg.k), int(msg.width), int(msg.height))

@@ -1,10 +1,11 @@
-"""The node's labelled point cloud: parameters, ``camera_info`` -> intrinsics, records -> message.
+"""The node's labelled point cloud: parameters, records -> message.
 
 The points themselves come from :func:`unim2_core.runtime.pointcloud.labelled_points`; this
 module only describes them as ``sensor_msgs/PointCloud2`` fields (the layout
 ``sensor_msgs_py.point_cloud2`` gives a structured array: fields at their numpy offsets,
-``point_step`` = itemsize, one row, native byte order) and reads ``sensor_msgs/CameraInfo``.
-Importable without an rclpy context.
+``point_step`` = itemsize, one row, native byte order). A ``sensor_msgs/CameraInfo`` becomes
+intrinsics in ``unim2_ros.image_conversion`` (``camera_info_intrinsics``), which the bag tools
+share without rclpy. Importable without an rclpy context.
 
 Parameters (declared by the node when it publishes ``~/points`` or needs intrinsics):
 
@@ -25,7 +26,6 @@ from typing import Any
 import numpy as np
 from sensor_msgs.msg import PointCloud2, PointField
 
-from unim2_core.data.camera import CameraIntrinsics
 from unim2_core.data.encoding import EncodingKind, ModalityEncoding
 from unim2_core.runtime.pointcloud import POINT_DTYPE, POINT_FIELDS, POINT_STEP
 from unim2_ros.node_parameters import ParameterSpec
@@ -112,12 +112,3 @@ def point_cloud_message(points: np.ndarray, header: Any) -> PointCloud2:
         raise TypeError(f"PointCloud2.data is a {type(buffer).__name__}, expected array.array")
     buffer.frombytes(np.ascontiguousarray(points).view(np.uint8).data)
     return msg
-
-
-def camera_info_intrinsics(msg: Any) -> CameraIntrinsics:
-    """The intrinsics of a ``sensor_msgs/CameraInfo`` (its ``k`` and image size).
-
-    Raises:
-        EncodingError: an uncalibrated (all-zero) camera matrix or an empty image size.
-    """
-    return CameraIntrinsics.from_matrix(list(msg.k), int(msg.width), int(msg.height))

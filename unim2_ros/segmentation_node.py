@@ -104,7 +104,7 @@ from unim2_core.runtime.sync import ApproximateTimeSynchronizer, FallbackSynchro
 from unim2_core.runtime.visualize import colorize, overlay
 from unim2_ros.errors import InputRejectedError
 from unim2_ros.frame_inputs import modality_array
-from unim2_ros.image_conversion import array_to_image, header_stamp_ns
+from unim2_ros.image_conversion import array_to_image, camera_info_intrinsics, header_stamp_ns
 from unim2_ros.label_info import label_info_json
 from unim2_ros.node_parameters import (
     MODALITIES_PARAMETER,
@@ -121,12 +121,7 @@ from unim2_ros.node_parameters import (
     unknown_parameter_problem,
 )
 from unim2_ros.pipeline_monitor import PipelineMonitor
-from unim2_ros.point_cloud import (
-    POINTS_PARAMETERS,
-    camera_info_intrinsics,
-    depth_modality,
-    point_cloud_message,
-)
+from unim2_ros.point_cloud import POINTS_PARAMETERS, depth_modality, point_cloud_message
 from unim2_ros.rclpy_internals import RCLError, parameter_override_names
 from unim2_ros.ros_cli import run_ros_cli
 

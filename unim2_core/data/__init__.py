@@ -1,4 +1,7 @@
-"""Raw frames in, backbone input out: modality encodings, image files, preprocessing, datasets.
+"""Raw frames in, backbone input out: modality encodings, image files, the one preprocessing
+path, camera intrinsics and metric depth, online HHA, and the dataset readers with their
+registry (``datasets/``).
 
-May import: ``unim2_core.errors`` and ``unim2_core.atomic``. Nothing here knows about models.
+May import: the base modules (``errors``, ``atomic``, ``schema``, ``device``, ``torch_files``).
+Nothing here knows about models.
 """

@@ -1,13 +1,24 @@
 """Training configuration: typed sections parsed once from YAML, every key validated.
 
-A misspelt or unknown key is an error naming its full dotted path (with a suggestion); a value
-of the wrong type or outside its allowed set names the key and the allowed values. Command-line
-overrides use the same dotted paths (``train.steps=100``).
+All validation goes through the engine of ``unim2_core.schema``, so every refusal reads
+``config key '<dotted.key>' must be <rule>, got <value>``:
+
+- each key's rule is its annotation (type, ``Literal`` choices, ``| None``) plus the dataclass
+  metadata of its field (``minimum``, ``maximum``, ``check``: the :class:`Field` attributes),
+  applied when a mapping is parsed (:func:`parse_config`, the only way configs are built from
+  files, overrides and checkpoints);
+- rules between keys (:data:`RELATIONS`) are checked by :class:`TrainConfig` itself, so a
+  config changed in code (``dataclasses.replace``, as the baselines and calibration do) holds
+  them too.
+
+A misspelt or unknown key is an error naming its full dotted path (with a suggestion).
+Command-line overrides use the same dotted paths (``train.steps=100``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -21,7 +32,7 @@ from unim2_core.data.encoding import ModalityEncoding
 from unim2_core.device import device_problem
 from unim2_core.errors import ConfigError
 from unim2_core.model.loss import ModalityLossConfig
-from unim2_core.schema import Field, check_keys
+from unim2_core.schema import Field, Relation, check_keys, check_relations
 from unim2_core.training.label_free import DEFAULT_CRITERION, Criterion
 
 DatasetKind = Literal["nyu", "mfnet", "mcubes", "folder"]
@@ -29,6 +40,22 @@ DatasetKind = Literal["nyu", "mfnet", "mcubes", "folder"]
 _POSITIVE_COUNT = {"minimum": 1}
 """Dataclass metadata of a count that must be at least 1 (the engine's ``Field.minimum``)."""
 _MAPPING = Field(dict)
+
+
+def _positive_problem(value: float) -> str | None:
+    return None if value > 0 else f"must be > 0, got {value!r}"
+
+
+def _fraction_problem(value: float) -> str | None:
+    return None if 0.0 < value < 1.0 else f"must be in (0, 1), got {value!r}"
+
+
+def _probability_problem(value: float) -> str | None:
+    return None if 0.0 <= value < 1.0 else f"must be in [0, 1), got {value!r}"
+
+
+_POSITIVE = {"check": _positive_problem}
+"""Dataclass metadata of a number that must be above 0 (a learning rate)."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +80,7 @@ class DatasetSection:
     train_split: str = "train"
     val_split: str | None = "val"
     test_split: str | None = "test"
-    holdout_fraction: float = 0.1
+    holdout_fraction: float = field(default=0.1, metadata={"check": _fraction_problem})
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -170,16 +197,16 @@ class TrainSection:
 
     steps: int = field(default=3300, metadata=_POSITIVE_COUNT)
     batch_size: int = field(default=32, metadata=_POSITIVE_COUNT)
-    lr: float = 5e-4
-    probe_lr: float = 5e-3
+    lr: float = field(default=5e-4, metadata=_POSITIVE)
+    probe_lr: float = field(default=5e-3, metadata=_POSITIVE)
     seed: int = 0
-    device: str = "auto"
+    device: str = field(default="auto", metadata={"check": device_problem})
     val_every: int = field(default=200, metadata=_POSITIVE_COUNT)
     checkpoint_every: int = field(default=200, metadata=_POSITIVE_COUNT)
     selection_split: Literal["val", "test"] = "val"
     label_free_criterion: Criterion = DEFAULT_CRITERION
     grad_clip: float | None = None
-    modality_dropout: float = 0.0
+    modality_dropout: float = field(default=0.0, metadata={"check": _probability_problem})
 
 
 @dataclass(frozen=True)
@@ -216,49 +243,64 @@ class TrainConfig:
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
-        names = list(self.modalities)
-        if not names or names[0] != "rgb":
-            raise ConfigError(f"config key 'modalities': must start with 'rgb', got {names}")
-        missing = [m for m in names if m not in self.loss.modalities]
-        extra = [m for m in self.loss.modalities if m not in self.modalities]
-        if missing or extra:
-            raise ConfigError(
-                "config key 'loss.modalities' must list exactly the modalities "
-                f"{names}: missing {missing}, not a modality {extra}"
-            )
-        device = device_problem(self.train.device)
-        if device is not None:
-            raise ConfigError(f"config key 'train.device' {device}")
-        if self.train.batch_size < 2 and self.loss.random_pairs > 0:
-            raise ConfigError("config key 'train.batch_size' must be >= 2 for random pairs")
-        if self.loss.knn_neighbours > self.loss.knn_keep:
-            raise ConfigError(
-                f"config key 'loss.knn_neighbours' ({self.loss.knn_neighbours}) must not exceed "
-                f"'loss.knn_keep' ({self.loss.knn_keep})"
-            )
-        if not 0.0 < self.dataset.holdout_fraction < 1.0:
-            raise ConfigError(
-                "config key 'dataset.holdout_fraction' must be in (0, 1), got "
-                f"{self.dataset.holdout_fraction}"
-            )
-        if not 0.0 <= self.train.modality_dropout < 1.0:
-            raise ConfigError(
-                "config key 'train.modality_dropout' must be in [0, 1), got "
-                f"{self.train.modality_dropout}"
-            )
-        if self.train.modality_dropout > 0 and len(names) < 2:
-            raise ConfigError(
-                "config key 'train.modality_dropout' needs an auxiliary modality to drop; "
-                f"'modalities' holds only {names}"
-            )
-        for key, rate in (("train.lr", self.train.lr), ("train.probe_lr", self.train.probe_lr)):
-            if rate <= 0:
-                raise ConfigError(f"config key {key!r} must be positive, got {rate}")
+        check_relations(lambda key: operator.attrgetter(key)(self), RELATIONS, noun="config key")
 
     @property
     def modality_names(self) -> tuple[str, ...]:
         """Modality names in model order."""
         return tuple(self.modalities)
+
+
+def _rgb_first_problem(modalities: Mapping[str, object]) -> str | None:
+    names = list(modalities)
+    return None if names[:1] == ["rgb"] else f"must start with 'rgb', got {names}"
+
+
+def _same_modalities_problem(
+    loss_modalities: Mapping[str, object], modalities: Mapping[str, object]
+) -> str | None:
+    missing = [m for m in modalities if m not in loss_modalities]
+    extra = [m for m in loss_modalities if m not in modalities]
+    if not missing and not extra:
+        return None
+    return (
+        f"must list exactly the keys of 'modalities' {list(modalities)}, got "
+        f"{list(loss_modalities)} (missing {missing}, not a modality {extra})"
+    )
+
+
+def _random_pairs_batch_problem(batch_size: int, random_pairs: int) -> str | None:
+    if batch_size >= 2 or random_pairs <= 0:
+        return None
+    return f"must be >= 2 while 'loss.random_pairs' is {random_pairs}, got {batch_size}"
+
+
+def _neighbours_problem(knn_neighbours: int, knn_keep: int) -> str | None:
+    if knn_neighbours <= knn_keep:
+        return None
+    return f"must be <= 'loss.knn_keep' ({knn_keep}), got {knn_neighbours}"
+
+
+def _dropout_needs_auxiliary_problem(
+    modality_dropout: float, modalities: Mapping[str, object]
+) -> str | None:
+    if modality_dropout == 0 or len(modalities) > 1:
+        return None
+    return (
+        f"must be 0 when 'modalities' holds no auxiliary modality to drop ({list(modalities)}), "
+        f"got {modality_dropout!r}"
+    )
+
+
+RELATIONS = (
+    Relation("modalities", (), _rgb_first_problem),
+    Relation("loss.modalities", ("modalities",), _same_modalities_problem),
+    Relation("train.batch_size", ("loss.random_pairs",), _random_pairs_batch_problem),
+    Relation("loss.knn_neighbours", ("loss.knn_keep",), _neighbours_problem),
+    Relation("train.modality_dropout", ("modalities",), _dropout_needs_auxiliary_problem),
+)
+"""The rules between keys of a :class:`TrainConfig` (and the order of the modalities, which
+no single field's annotation states), checked whenever one is built."""
 
 
 def _scalar_field(tp: Any) -> Field | None:

@@ -19,16 +19,26 @@ appear within ``connect_timeout``: the CLI prints ``ERROR: <one line>`` and exit
 from __future__ import annotations
 
 import argparse
-import math
+import functools
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from unim2_core.cli import add_device_argument
+from unim2_core.cli import (
+    add_device_argument,
+    add_progress_argument,
+    positive_float,
+    positive_int,
+)
 from unim2_core.evaluation.replay_writer import ReplayResult
 from unim2_core.runtime.segmenter import PRECISIONS, Segmenter
-from unim2_ros.bag_io import BagReader, StorageFormat, modality_topic_argument
+from unim2_ros.bag_io import (
+    BagReader,
+    StorageFormat,
+    add_topic_argument,
+    class_names_argument,
+    parsed_topics,
+)
 from unim2_ros.node_parameters import QOS_NAMES, QosName
 from unim2_ros.replay.common import NODE_QUEUE_SIZE, NODE_SLOP
 from unim2_ros.replay.live import (
@@ -55,19 +65,6 @@ def _node_argument(text: str) -> str:
     return text
 
 
-def _number(kind: type[int] | type[float], *, allow_inf: bool = False) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (value > 0 and (allow_inf or math.isfinite(value))):
-            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-        return value
-
-    return parse
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unim2_replay",
@@ -75,16 +72,7 @@ def _parser() -> argparse.ArgumentParser:
         "running node) and report labels, overlays, latency and, with ground truth, mIoU.",
     )
     parser.add_argument("bag", type=Path, help="rosbag2 folder, .db3 or .mcap file")
-    parser.add_argument(
-        "--topic",
-        dest="topics",
-        action="append",
-        required=True,
-        type=modality_topic_argument,
-        metavar="MODALITY=TOPIC",
-        help="an Image topic per modality, e.g. rgb=/camera/color/image_raw (repeatable; "
-        "rgb required)",
-    )
+    add_topic_argument(parser)
     parser.add_argument("--out", required=True, type=Path, help="output folder (new or empty)")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--checkpoint", type=Path, help="offline: segment with this checkpoint")
@@ -97,24 +85,26 @@ def _parser() -> argparse.ArgumentParser:
     add_device_argument(offline)
     offline.add_argument("--precision", choices=tuple(PRECISIONS), help="default fp32")
     offline.add_argument(
-        "--shorter-side", type=_number(int), help="processing resolution (default: checkpoint)"
+        "--shorter-side", type=positive_int, help="processing resolution (default: checkpoint)"
     )
     live = parser.add_argument_group("live")
     live.add_argument(
         "--node", type=_node_argument, help=f"node to replay into (default {DEFAULT_NODE})"
     )
     live.add_argument(
-        "--rate", type=_number(float, allow_inf=True), help="playback speed factor (default 1)"
+        "--rate",
+        type=functools.partial(positive_float, allow_inf=True),
+        help="playback speed factor (default 1)",
     )
     live.add_argument("--lockstep", action="store_true", help="wait for each frame's labels")
     live.add_argument(
         "--timeout",
-        type=_number(float),
+        type=positive_float,
         help=f"seconds to wait for a frame's labels (default {DEFAULT_TIMEOUT_S:g})",
     )
     live.add_argument(
         "--connect-timeout",
-        type=_number(float),
+        type=positive_float,
         help=f"seconds to wait for the node (default {DEFAULT_CONNECT_TIMEOUT_S:g})",
     )
     live.add_argument("--qos", choices=QOS_NAMES, help="input QoS (default sensor_data)")
@@ -126,18 +116,18 @@ def _parser() -> argparse.ArgumentParser:
     truth.add_argument("--label-dir", type=Path, help="ground-truth PNGs named by RGB stamp")
     parser.add_argument(
         "--class-names",
-        type=lambda text: [name.strip() for name in text.split(",")],
+        type=class_names_argument,
         metavar="A,B,...",
         help="names of the ground-truth ids",
     )
     parser.add_argument("--ignore-index", type=int, help="unlabelled ground-truth value (255)")
-    parser.add_argument("--slop", type=_number(float), help="synchroniser slop, seconds")
-    parser.add_argument("--queue-size", type=_number(int), help="synchroniser queue per topic")
+    parser.add_argument("--slop", type=positive_float, help="synchroniser slop, seconds")
+    parser.add_argument("--queue-size", type=positive_int, help="synchroniser queue per topic")
     parser.add_argument(
         "--lenient", action="store_true", help="skip and count undecodable messages"
     )
     parser.add_argument("--no-video", action="store_true", help="do not write the MP4")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_progress_argument(parser)
     return parser
 
 
@@ -167,11 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parses arguments, replays the bag and prints a summary; errors exit with status 1."""
     parser = _parser()
     args = parser.parse_args(argv)
-    topics = dict(args.topics)
-    if len(topics) != len(args.topics):
-        parser.error("each modality may be given one --topic")
-    if "rgb" not in topics:
-        parser.error("an rgb topic is required: --topic rgb=TOPIC")
+    topics = parsed_topics(parser, args)
     other_mode = _LIVE_ONLY if args.checkpoint else _OFFLINE_ONLY
     given = [
         f"--{name.replace('_', '-')}" for name in other_mode if getattr(args, name) is not None

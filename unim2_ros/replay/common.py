@@ -17,30 +17,18 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from unim2_core.data.camera import CameraIntrinsics
-from unim2_core.errors import ConfigError, DataError, EncodingError
+from unim2_core.errors import ConfigError
 from unim2_core.evaluation.ground_truth import GroundTruth, resolve_ground_truth
 from unim2_core.evaluation.replay_report import ReplayMode, ReplaySetup
 from unim2_core.evaluation.replay_writer import ReplayResult, ReplayWriter
 from unim2_core.runtime.segmenter import LabelInfo
-from unim2_ros.bag_io import (
-    CAMERA_INFO_TYPE,
-    LABELS_ROLE,
-    BagFrame,
-    BagReader,
-    FrameGroupStream,
-)
-from unim2_ros.errors import BagError
-from unim2_ros.image_conversion import header_stamp_ns
+from unim2_ros.bag_io import LABELS_ROLE, BagFrame, BagReader, FrameGroupStream
 from unim2_ros.node_parameters import NODE_PARAMETERS
-from unim2_ros.point_cloud import camera_info_intrinsics
 
 __all__ = [
     "NODE_QUEUE_SIZE",
     "NODE_SLOP",
-    "CameraInfoTrack",
     "ReplayPass",
-    "camera_info_topic",
     "model_topics",
     "progress_bar",
     "start_pass",
@@ -87,52 +75,6 @@ class _Located(NamedTuple):
     rgb_log_ns: int
     labels: tuple[int, int] | None
     """Log time and header stamp of its label-topic message, or None."""
-
-
-def camera_info_topic(image_topic: str) -> str:
-    """The ``camera_info`` topic beside an image topic (image_transport's convention):
-    ``/cam/depth/image_raw`` -> ``/cam/depth/camera_info``."""
-    return f"{image_topic.rsplit('/', 1)[0]}/camera_info"
-
-
-class CameraInfoTrack:
-    """A bag's CameraInfo messages of one topic, as intrinsics by header stamp.
-
-    A frame takes the last calibration stamped at or before it (the first one for frames
-    before any), as a node that keeps the latest camera_info would. Messages with an
-    uncalibrated (all-zero) matrix are skipped and counted.
-
-    Raises:
-        BagError: The topic is not a CameraInfo topic of the bag, or a message is undecodable.
-        DataError: The topic holds no usable calibration.
-    """
-
-    def __init__(self, reader: BagReader, topic: str) -> None:
-        self.topic = topic
-        self.unusable = 0
-        track: dict[int, CameraIntrinsics] = {}
-        for message in reader.messages([topic]):
-            if message.msgtype != CAMERA_INFO_TYPE:
-                raise BagError(
-                    f"topic {topic!r} of bag {str(reader.path)!r} holds {message.msgtype}, "
-                    f"not {CAMERA_INFO_TYPE}"
-                )
-            try:
-                track[header_stamp_ns(message.msg.header)] = camera_info_intrinsics(message.msg)
-            except EncodingError:
-                self.unusable += 1
-        if not track:
-            raise DataError(
-                f"camera_info topic {topic!r} of bag {str(reader.path)!r} holds no calibrated "
-                f"camera ({self.unusable} messages with an all-zero matrix or empty size)"
-            )
-        self._stamps = np.array(sorted(track), dtype=np.int64)
-        self._intrinsics = [track[int(stamp)] for stamp in self._stamps]
-
-    def at(self, stamp_ns: int) -> CameraIntrinsics:
-        """The calibration in force at ``stamp_ns``."""
-        index = int(np.searchsorted(self._stamps, stamp_ns, side="right")) - 1
-        return self._intrinsics[max(index, 0)]
 
 
 class ReplayPass(NamedTuple):
@@ -256,7 +198,8 @@ def start_pass(
         queue_size: Synchroniser queue size per topic.
         slop: Synchroniser slop, seconds.
         strict: Raise on an undecodable message; otherwise skip and count it.
-        settings: Other settings for the report.
+        settings: Settings of this kind of pass for the report (the synchroniser's and
+            ``strict`` are added here).
         overlay_alpha: Weight of the label colours in the overlays.
         video: Write the overlay video.
 
@@ -280,7 +223,7 @@ def start_pass(
             model=model,
             latency=latency,
             ground_truth=truth.description,
-            settings=settings,
+            settings={"slop_s": slop, "queue_size": queue_size, "strict": strict, **settings},
         ),
         labels_table=labels_table,
         ground_truth=truth.enabled,

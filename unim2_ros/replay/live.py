@@ -72,6 +72,7 @@ from unim2_ros.bag_io import (
     BagMessage,
     BagReader,
     StorageFormat,
+    camera_info_topic,
     typestore,
 )
 from unim2_ros.bag_record import adapted_qos, bag_qos
@@ -79,7 +80,7 @@ from unim2_ros.errors import ImageConversionError, NodeConnectionError, ReplayEr
 from unim2_ros.image_conversion import header_stamp_ns, image_to_array
 from unim2_ros.label_info import LabelInfoDocument, parse_label_info
 from unim2_ros.node_parameters import QOS_NAMES, QosName
-from unim2_ros.replay.common import ReplayPass, camera_info_topic, progress_bar, start_pass
+from unim2_ros.replay.common import ReplayPass, progress_bar, start_pass
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_S",
@@ -656,9 +657,6 @@ def replay_live(
                     "lockstep": lockstep,
                     "timeout_s": timeout,
                     "qos": qos,
-                    "slop_s": slop,
-                    "queue_size": queue_size,
-                    "strict": strict,
                 },
                 overlay_alpha=overlay_alpha,
                 video=video,

@@ -22,15 +22,8 @@ from unim2_core.data.encoding import EncodingKind
 from unim2_core.errors import DataError, EncodingError
 from unim2_core.evaluation.replay_writer import ReplayResult
 from unim2_core.runtime.segmenter import Segmenter
-from unim2_ros.bag_io import BagReader
-from unim2_ros.replay.common import (
-    NODE_QUEUE_SIZE,
-    NODE_SLOP,
-    CameraInfoTrack,
-    camera_info_topic,
-    progress_bar,
-    start_pass,
-)
+from unim2_ros.bag_io import BagReader, CameraInfoTrack, camera_info_topic
+from unim2_ros.replay.common import NODE_QUEUE_SIZE, NODE_SLOP, progress_bar, start_pass
 
 __all__ = ["replay_offline"]
 
@@ -114,12 +107,7 @@ def replay_offline(
             queue_size=queue_size,
             slop=slop,
             strict=strict,
-            settings={
-                "slop_s": slop,
-                "queue_size": queue_size,
-                "strict": strict,
-                **({"intrinsics": intrinsics_source} if intrinsics_source else {}),
-            },
+            settings={"intrinsics": intrinsics_source} if intrinsics_source else {},
             overlay_alpha=overlay_alpha,
             video=video,
         )

@@ -1,4 +1,5 @@
-"""Dataset readers (NYU-Depth-v2, MFNet, MCubeS, plain folders) yielding raw frame groups."""
+"""Dataset readers (NYU-Depth-v2, MFNet, MCubeS, plain folders) yielding raw frame groups, and
+the registry that opens one by its kind."""
 
 from unim2_core.data.datasets.base import (
     IGNORE_INDEX,
