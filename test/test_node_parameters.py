@@ -52,6 +52,7 @@ def test_settings_take_defaults_for_missing_values() -> None:
     assert settings.checkpoint == "/m.pt"
     assert settings.slop == 0.2
     assert (settings.device, settings.precision, settings.input_size) == ("auto", "fp32", 0)
+    assert settings.compile is False
     assert (settings.qos_input, settings.qos_output) == ("sensor_data", "reliable")
     assert settings.publish_overlay and settings.overlay_alpha == 0.5
     assert settings.stream_timeout == 1.0 and settings.queue_size == 10
@@ -72,6 +73,7 @@ def test_settings_need_a_checkpoint() -> None:
         ),
         ("model.device", "tpu", r"model.device must be one of cpu, cuda, cuda:N .*; got 'tpu'"),
         ("model.device", "cuda:x", r"model.device must be one of cpu, cuda, cuda:N"),
+        ("model.compile", "yes", r"model.compile must be true or false, got 'yes'"),
         ("qos.input", "best_effort", r"qos.input must be one of 'sensor_data', 'reliable'"),
         ("qos.output", "", r"qos.output must be one of"),
         ("model.input_size", -14, r"model.input_size must be >= 0"),

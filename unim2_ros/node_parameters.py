@@ -82,6 +82,13 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
         choices=tuple(PRECISIONS),
     ),
     ParameterSpec(
+        "model.compile",
+        False,
+        "Run the backbone through torch.compile: faster frames on a GPU once compiled; the "
+        "first frame of each input shape waits for the compilation.",
+        read_only=True,
+    ),
+    ParameterSpec(
         "model.input_size",
         0,
         "Processing resolution: shorter image side in pixels fed to the backbone (rounded to "
@@ -250,6 +257,7 @@ class NodeSettings:
     backbone_weights: str
     device: Device
     precision: Precision
+    compile: bool
     input_size: int
     slop: float
     queue_size: int
@@ -283,6 +291,7 @@ class NodeSettings:
             backbone_weights=cast(str, checked["model.backbone_weights"]),
             device=cast(Device, checked["model.device"]),
             precision=cast(Precision, checked["model.precision"]),
+            compile=cast(bool, checked["model.compile"]),
             input_size=cast(int, checked["model.input_size"]),
             slop=cast(float, checked["sync.slop"]),
             queue_size=cast(int, checked["sync.queue_size"]),
