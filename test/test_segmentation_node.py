@@ -552,7 +552,7 @@ def test_repeated_inference_failures_are_an_error_and_the_node_recovers(
         def out_of_memory(*args: object, **kwargs: object) -> None:
             raise RuntimeError("CUDA out of memory (simulated)")
 
-        monkeypatch.setattr(Segmenter, "__call__", out_of_memory)
+        monkeypatch.setattr(Segmenter, "launch", out_of_memory)  # the node queues its model here
         for count in range(1, 4):
             send(probe.header())
             diagnostics.wait(counts("inference failures", count))
