@@ -95,7 +95,7 @@ from unim2_core.errors import (
 )
 from unim2_core.model.backbone import load_backbone
 from unim2_core.model.checkpoint import Bundle, load_bundle
-from unim2_core.runtime.latest_slot import LatestSlot
+from unim2_core.runtime.latest_slot import LatestSlot, consume_pipelined
 from unim2_core.runtime.pointcloud import labelled_points
 from unim2_core.runtime.segmenter import PendingSegmentation, Segmenter, StagedGroup
 from unim2_core.runtime.sync import ApproximateTimeSynchronizer, FallbackSynchronizer
@@ -596,7 +596,8 @@ class SegmentationPipeline(Node):
 
     def _run_worker(self, bundle: Bundle, settings: NodeSettings, loaded: threading.Event) -> None:
         """Inference thread: builds the model, then segments the latest group until the slot
-        is closed.
+        is closed, staging a waiting group while the previous one computes
+        (:func:`consume_pipelined`).
 
         The model is built here rather than in the constructor's thread: on CPU, PyTorch
         (libgomp) runs about 10 % slower in a thread other than one that already ran a parallel
@@ -610,17 +611,12 @@ class SegmentationPipeline(Node):
         finally:
             loaded.set()
         segmenter = self._model
-        in_flight: _InFlight | None = None
-        while True:
-            # With a group in flight, only a group that is already waiting is taken: the
-            # outputs in flight are never held back to wait for the next frame.
-            group = self._slot.take(timeout=0.0 if in_flight is not None else None)
-            if group is None and in_flight is None:
-                return  # the slot is closed
-            staged = None if group is None else self._stage(segmenter, group)
-            if in_flight is not None:
-                self._finish(in_flight)
-            in_flight = None if staged is None else self._launch(segmenter, staged)
+        consume_pipelined(
+            self._slot,
+            functools.partial(self._stage, segmenter),
+            functools.partial(self._launch, segmenter),
+            self._finish,
+        )
 
     def _stage(self, segmenter: Segmenter, synced: tuple[_Synced | None, ...]) -> _Staged | None:
         """Checks a group and builds its model input (on CUDA, uploading it on a side stream
