@@ -336,7 +336,8 @@ class SegmentationPipeline(Node):
             self._callbacks_added = True
         self.get_logger().info(
             f"loaded a {'+'.join(self._modalities)} model on {self._device_name} "
-            f"({settings.precision}), {len(self._palette)} labels"
+            f"({settings.precision}{', torch.compile' if settings.compile else ''}), "
+            f"{len(self._palette)} labels"
         )
 
     def _activate(self) -> None:

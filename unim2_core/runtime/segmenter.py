@@ -206,10 +206,11 @@ class Segmenter:
             mode). Only the backbone is compiled: it is nearly all of the frame time, while the
             heads are a few 1x1 convolutions. Shapes are static (``dynamic=False``): a camera
             gives one input size, so the only shapes are the batch sizes of the present
-            modalities (at most one per modality count, each compiled once on first use, a few
-            seconds on a GPU) and fully specialised kernels are the fastest. No CUDA graphs
-            (``reduce-overhead``): their reused output buffers do not suit the node's pipelined
-            calls from its own thread. The first frame of each shape pays the compilation.
+            modalities (one per number of present modalities, fewer than dynamo's limit of
+            8 recompilations), and fully specialised kernels are the fastest. The first frame
+            of each shape pays its compilation (seconds on a GPU, up to a minute; about 5 s for
+            a 2-block ViT-S on 2 CPU cores). No CUDA graphs (``reduce-overhead``): their reused
+            output buffers do not suit the pipelined calls of the node's inference thread.
 
     Raises:
         CheckpointError: the backbone does not match the bundle.
