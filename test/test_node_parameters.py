@@ -53,6 +53,7 @@ def test_settings_take_defaults_for_missing_values() -> None:
     assert settings.slop == 0.2
     assert (settings.device, settings.precision, settings.input_size) == ("auto", "fp32", 0)
     assert (settings.runtime, settings.onnx) == ("torch", "")
+    assert settings.compile is False
     assert (settings.qos_input, settings.qos_output) == ("sensor_data", "reliable")
     assert settings.publish_overlay and settings.overlay_alpha == 0.5
     assert settings.stream_timeout == 1.0 and settings.queue_size == 10
@@ -73,6 +74,7 @@ def test_settings_need_a_checkpoint() -> None:
         ),
         ("model.device", "tpu", r"model.device must be one of cpu, cuda, cuda:N .*; got 'tpu'"),
         ("model.device", "cuda:x", r"model.device must be one of cpu, cuda, cuda:N"),
+        ("model.compile", "yes", r"model.compile must be true or false, got 'yes'"),
         ("qos.input", "best_effort", r"qos.input must be one of 'sensor_data', 'reliable'"),
         ("qos.output", "", r"qos.output must be one of"),
         ("model.input_size", -14, r"model.input_size must be >= 0"),
@@ -139,6 +141,10 @@ def test_onnxruntime_settings_carry_the_onnx_file() -> None:
             },
             r"model.precision must be 'fp32' with model.runtime 'onnxruntime' on model.device "
             r"'cpu' \(fp16 is TensorRT's, on a GPU\), got 'fp16'",
+        ),
+        (
+            {"model.runtime": "onnxruntime", "model.onnx": "/m.onnx", "model.compile": True},
+            r"model.compile must be false with model.runtime 'onnxruntime' .*got True",
         ),
     ],
 )

@@ -40,12 +40,13 @@ from unim2_core.data.encoding import ModalityEncoding
 from unim2_core.data.image_io import read_image
 from unim2_core.errors import ConfigError
 from unim2_core.model.backbone import Backbone
-from unim2_core.model.checkpoint import ClassMapping, save_bundle
+from unim2_core.model.checkpoint import ClassMapping, load_bundle, save_bundle
 from unim2_core.runtime.segmenter import Segmenter
 from unim2_core.runtime.visualize import overlay
 from unim2_ros.image_conversion import array_to_image, header_stamp_ns, image_to_array
 from unim2_ros.label_info import parse_label_info
-from unim2_ros.segmentation_node import SegmentationNode, run_until_shutdown
+from unim2_ros.node_parameters import NodeSettings
+from unim2_ros.segmentation_node import SegmentationNode, _load_segmenter, run_until_shutdown
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -552,7 +553,7 @@ def test_repeated_inference_failures_are_an_error_and_the_node_recovers(
         def out_of_memory(*args: object, **kwargs: object) -> None:
             raise RuntimeError("CUDA out of memory (simulated)")
 
-        monkeypatch.setattr(Segmenter, "__call__", out_of_memory)
+        monkeypatch.setattr(Segmenter, "launch", out_of_memory)  # the node queues its model here
         for count in range(1, 4):
             send(probe.header())
             diagnostics.wait(counts("inference failures", count))
@@ -564,6 +565,16 @@ def test_repeated_inference_failures_are_an_error_and_the_node_recovers(
         send(header)
         labels.wait(same_stamp(header))
         diagnostics.wait(lambda array: level(array) == DiagnosticStatus.OK)
+
+
+def test_model_compile_parameter_reaches_the_segmenter(rgbd_checkpoint: Path) -> None:
+    bundle = load_bundle(rgbd_checkpoint)
+    for flag in (False, True):
+        settings = NodeSettings.from_parameters(
+            {"model.checkpoint": str(rgbd_checkpoint), "model.device": "cpu", "model.compile": flag}
+        )
+        segmenter = _load_segmenter(bundle, settings)
+        assert isinstance(segmenter, Segmenter) and segmenter.compiled is flag
 
 
 def test_parameters_are_validated_at_run_time_and_take_effect(

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import make_bundle
 
+from unim2_core.data.camera import CameraIntrinsics
 from unim2_core.data.encoding import ModalityEncoding
 from unim2_core.data.preprocess import encode_group, to_backbone_batch
 from unim2_core.errors import BackboneError, CheckpointError, ConfigError, EncodingError
@@ -46,9 +47,13 @@ def msrs_frame(sample_data: Path) -> dict[str, np.ndarray]:
     return {"rgb": _read_rgb(root / "rgb" / "00004N.png"), "thermal": thermal}
 
 
-def _centroids_from_pixels(segmenter: Segmenter, frame: dict[str, np.ndarray]) -> None:
+def _centroids_from_pixels(
+    segmenter: Segmenter,
+    frame: dict[str, np.ndarray],
+    intrinsics: dict[str, CameraIntrinsics] | None = None,
+) -> None:
     """Place the centroids on the codes of spread-out pixels, so several clusters occur."""
-    code = segmenter.code(frame)[0]  # [D, h, w]
+    code = segmenter.code(frame, intrinsics=intrinsics)[0]  # [D, h, w]
     _, h, w = code.shape
     picks = [((7 * i + 1) % h, (11 * i + 2) % w) for i in range(segmenter.heads.config.n_clusters)]
     with torch.no_grad():
@@ -347,3 +352,92 @@ def test_missing_modalities_are_checked(
         segmenter(nyu_frame, missing=("thermal",))
     with pytest.raises(EncodingError, match="lacks modality"):
         segmenter({"rgb": nyu_frame["rgb"]})
+
+
+CAMERA_320 = CameraIntrinsics(300.0, 300.0, 159.5, 119.5, 320, 240)
+
+
+def test_staged_input_is_the_encoded_resized_batch_and_run_gives_the_call_outputs(
+    imgfocus_backbone: Backbone, nyu_frame: dict[str, np.ndarray]
+) -> None:
+    encodings = {"rgb": RGBD["rgb"], "depth": ModalityEncoding.default("depth_hha")}
+    segmenter = Segmenter(
+        make_bundle(imgfocus_backbone, encodings, n_clusters=6),
+        imgfocus_backbone,
+        device="cpu",
+        shorter_side=112,
+    )
+    frame = {k: v[:240, :320] for k, v in nyu_frame.items()}
+    camera = {"depth": CAMERA_320}
+    _centroids_from_pixels(segmenter, frame, camera)
+    for missing, present in (((), ("rgb", "depth")), (("depth",), ("rgb",))):
+        staged = segmenter.stage(frame, intrinsics=camera, missing=missing)
+        assert staged.present == present and staged.output_size == (240, 320)
+        assert staged.ready is None and not segmenter.launch_is_asynchronous  # CPU: all done
+        expected_pixels = to_backbone_batch(
+            encode_group(frame, {m: encodings[m] for m in present}, intrinsics=camera),
+            segmenter.processing_size(240, 320),
+        )
+        torch.testing.assert_close(staged.pixels, expected_pixels, rtol=0, atol=0)
+        result = segmenter.run(staged, with_confidence=True)
+        called = segmenter(frame, intrinsics=camera, missing=missing, with_confidence=True)
+        np.testing.assert_array_equal(result.labels, called.labels)
+        assert result.confidence is not None and called.confidence is not None
+        np.testing.assert_array_equal(result.confidence, called.confidence)
+        assert len(np.unique(result.labels)) > 1
+    # The frame's intrinsics reach the HHA encoding: another camera gives other labels.
+    other = {"depth": CameraIntrinsics(150.0, 150.0, 100.0, 60.0, 320, 240)}
+    with_other = segmenter.run(segmenter.stage(frame, intrinsics=other)).labels
+    assert (with_other != segmenter(frame, intrinsics=camera).labels).any()
+
+
+def test_pipelined_stage_launch_result_gives_each_groups_outputs_in_order(
+    imgfocus_backbone: Backbone, nyu_frame: dict[str, np.ndarray]
+) -> None:
+    segmenter = Segmenter(
+        make_bundle(imgfocus_backbone, RGBD, n_clusters=6),
+        imgfocus_backbone,
+        device="cpu",
+        shorter_side=112,
+    )
+    _centroids_from_pixels(segmenter, nyu_frame)
+    groups: list[tuple[dict[str, np.ndarray], tuple[str, ...]]] = [
+        (nyu_frame, ()),
+        ({"rgb": nyu_frame["rgb"]}, ("depth",)),
+        ({"rgb": nyu_frame["rgb"][::-1].copy(), "depth": nyu_frame["depth"][::-1].copy()}, ()),
+    ]
+    expected = [segmenter(arrays, missing=missing).labels for arrays, missing in groups]
+    assert not np.array_equal(expected[0], expected[2])
+    # As the node runs it: the next group is staged before the previous outputs are read.
+    pending = segmenter.launch(segmenter.stage(groups[0][0], missing=groups[0][1]))
+    outputs = []
+    for arrays, missing in groups[1:]:
+        staged = segmenter.stage(arrays, missing=missing)
+        outputs.append(pending.result().labels)
+        pending = segmenter.launch(staged)
+    outputs.append(pending.result().labels)
+    for output, labels in zip(outputs, expected, strict=True):
+        np.testing.assert_array_equal(output, labels)
+
+
+def test_compiled_backbone_gives_the_eager_labels(
+    imgfocus_weights: Path, nyu_frame: dict[str, np.ndarray]
+) -> None:
+    backbone = load_backbone("dinov2_vits14", imgfocus_weights, feature_layer="block:2")
+    bundle = make_bundle(backbone, RGBD, n_clusters=6)
+    eager = Segmenter(bundle, backbone, device="cpu", shorter_side=56)
+    compiled = Segmenter(bundle, backbone, device="cpu", shorter_side=56, compile=True)
+    assert compiled.compiled and not eager.compiled
+    _centroids_from_pixels(eager, nyu_frame)
+    compiled.heads.load_state_dict(eager.heads.state_dict())
+    frame = {k: v[:120, :160] for k, v in nyu_frame.items()}
+    compiling: list[bool] = []
+    backbone.register_forward_pre_hook(lambda *_: compiling.append(torch.compiler.is_compiling()))
+    expected = eager(frame, with_confidence=True)
+    assert compiling == [False]
+    result = compiled(frame, with_confidence=True)
+    assert compiling[1:] == [True]  # traced by TorchDynamo, not run eagerly
+    assert len(np.unique(expected.labels)) > 1
+    np.testing.assert_array_equal(result.labels, expected.labels)
+    assert expected.confidence is not None and result.confidence is not None
+    np.testing.assert_allclose(result.confidence, expected.confidence, atol=1e-5)

@@ -108,6 +108,13 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
         choices=tuple(PRECISIONS),
     ),
     ParameterSpec(
+        "model.compile",
+        False,
+        "Run the backbone through torch.compile: faster frames on a GPU once compiled; the "
+        "first frame of each input shape waits for the compilation.",
+        read_only=True,
+    ),
+    ParameterSpec(
         "model.input_size",
         0,
         "Processing resolution: shorter image side in pixels fed to the backbone (rounded to "
@@ -278,6 +285,7 @@ class NodeSettings:
     backbone_weights: str
     device: Device
     precision: Precision
+    compile: bool
     input_size: int
     slop: float
     queue_size: int
@@ -316,6 +324,7 @@ class NodeSettings:
             backbone_weights=cast(str, checked["model.backbone_weights"]),
             device=cast(Device, checked["model.device"]),
             precision=cast(Precision, checked["model.precision"]),
+            compile=cast(bool, checked["model.compile"]),
             input_size=cast(int, checked["model.input_size"]),
             slop=cast(float, checked["sync.slop"]),
             queue_size=cast(int, checked["sync.queue_size"]),
@@ -335,8 +344,8 @@ def runtime_problem(values: Mapping[str, object]) -> str | None:
     None.
 
     torch takes no ONNX file (a path there with the default runtime is a forgotten
-    ``model.runtime``, not something to ignore); onnxruntime needs one and runs fp32, or fp16
-    through TensorRT, which a CPU does not have.
+    ``model.runtime``, not something to ignore); onnxruntime needs one, runs fp32, or fp16
+    through TensorRT, which a CPU does not have, and has nothing for ``model.compile``.
     """
     runtime, onnx = values["model.runtime"], values["model.onnx"]
     precision, device = values["model.precision"], values["model.device"]
@@ -357,6 +366,11 @@ def runtime_problem(values: Mapping[str, object]) -> str | None:
             f"model.precision must be one of {', '.join(map(repr, ONNX_RUNTIME_PRECISIONS))} "
             f"with model.runtime 'onnxruntime' (the exported graph is fp32; fp16 is "
             f"TensorRT's), got {precision!r}"
+        )
+    if values["model.compile"]:
+        return (
+            "model.compile must be false with model.runtime 'onnxruntime' (torch.compile "
+            "compiles PyTorch models; ONNX Runtime optimises the graph itself), got True"
         )
     if precision == "fp16" and device == "cpu":
         return (

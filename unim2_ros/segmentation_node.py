@@ -35,8 +35,15 @@ Threads: subscription callbacks (one executor thread) only convert (zero-copy), 
 frames to the approximate-time synchroniser; a complete group goes to a single-slot "latest
 group" buffer. One inference thread, which also builds the model, takes groups from it, so when
 the model is slower than the cameras stale groups are replaced (counted as stale drops) instead
-of queueing up: output latency stays under about two inference times. Pipeline latency in the
-diagnostics is the node clock's now - the RGB stamp when the outputs have been published.
+of queueing up: output latency stays under about two inference times. On a GPU (PyTorch) the thread
+pipelines (``Segmenter.stage`` / ``launch``): when a group is already waiting as the previous
+one's inference is queued, it stages that group (encoding, the upload from pinned memory on a
+side CUDA stream) before waiting for and publishing the previous outputs, so conversion overlaps
+GPU compute; outputs keep their order. On a CPU, or with ONNX Runtime, whose ``launch`` returns
+with the outputs, each group is published before the next one is staged.
+Pipeline latency in the diagnostics is the node clock's now - the RGB stamp when the outputs
+have been published; inference time is the thread's time on a group (staging, queueing, waiting
+for its outputs), without the time it spent staging the next one meanwhile.
 
 Bad input never stops the node: a message whose encoding does not suit its modality, whose
 step / data size is inconsistent or which is empty is refused in its callback; a group whose
@@ -96,10 +103,10 @@ from unim2_core.errors import (
 from unim2_core.model.backbone import load_backbone
 from unim2_core.model.checkpoint import Bundle, load_bundle
 from unim2_core.runtime.export import checkpoint_identity
-from unim2_core.runtime.latest_slot import LatestSlot
+from unim2_core.runtime.latest_slot import LatestSlot, consume_pipelined
 from unim2_core.runtime.onnx_segmenter import OnnxSegmenter, available_providers, choose_providers
 from unim2_core.runtime.pointcloud import labelled_points
-from unim2_core.runtime.segmenter import FrameSegmenter, Segmenter
+from unim2_core.runtime.segmenter import FrameSegmenter, PendingSegmentation, Segmenter, StagedGroup
 from unim2_core.runtime.sync import ApproximateTimeSynchronizer, FallbackSynchronizer
 from unim2_core.runtime.visualize import colorize, overlay
 from unim2_ros.errors import InputRejectedError
@@ -146,6 +153,25 @@ class _CameraFrame(NamedTuple):
 
 
 _Synced = _Frame | _CameraFrame
+
+
+class _Staged(NamedTuple):
+    """A group whose model input is built (or being uploaded), with what its outputs need."""
+
+    rgb: _Frame
+    arrays: dict[str, np.ndarray]
+    intrinsics: dict[str, CameraIntrinsics]
+    missing: tuple[str, ...]
+    model_input: StagedGroup
+    seconds: float
+
+
+class _InFlight(NamedTuple):
+    """A staged group whose inference is queued on the model's device."""
+
+    staged: _Staged
+    pending: PendingSegmentation
+    seconds: float
 
 
 class _PointsOptions(NamedTuple):
@@ -221,6 +247,7 @@ def _load_torch_segmenter(bundle: Bundle, settings: NodeSettings) -> Segmenter:
             device=settings.device,
             precision=settings.precision,
             shorter_side=settings.input_size or None,
+            compile=settings.compile,
         )
     except (BackboneError, CheckpointError) as err:
         raise ConfigError(
@@ -366,7 +393,8 @@ class SegmentationPipeline(Node):
             self._callbacks_added = True
         self.get_logger().info(
             f"loaded a {'+'.join(self._modalities)} model on {self._device_name} "
-            f"({settings.precision}), {len(self._palette)} labels"
+            f"({settings.precision}{', torch.compile' if settings.compile else ''}), "
+            f"{len(self._palette)} labels"
         )
 
     def _activate(self) -> None:
@@ -626,7 +654,8 @@ class SegmentationPipeline(Node):
 
     def _run_worker(self, bundle: Bundle, settings: NodeSettings, loaded: threading.Event) -> None:
         """Inference thread: builds the model, then segments the latest group until the slot
-        is closed.
+        is closed, staging a waiting group while the previous one computes
+        (:func:`consume_pipelined`).
 
         The model is built here rather than in the constructor's thread: on CPU, PyTorch
         (libgomp) runs about 10 % slower in a thread other than one that already ran a parallel
@@ -640,10 +669,19 @@ class SegmentationPipeline(Node):
         finally:
             loaded.set()
         segmenter = self._model
-        while (group := self._slot.take()) is not None:
-            self._segment(segmenter, group)
+        consume_pipelined(
+            self._slot,
+            functools.partial(self._stage, segmenter),
+            functools.partial(self._launch, segmenter),
+            self._finish,
+            overlap=segmenter.launch_is_asynchronous,
+        )
 
-    def _segment(self, segmenter: FrameSegmenter, synced: tuple[_Synced | None, ...]) -> None:
+    def _stage(
+        self, segmenter: FrameSegmenter, synced: tuple[_Synced | None, ...]
+    ) -> _Staged | None:
+        """Checks a group and builds its model input (on CUDA, uploading it on a side stream
+        while the previous group computes); None when the group is refused."""
         group, intrinsics = self._split_camera_info(synced)
         rgb = group[0]
         assert rgb is not None  # RGB is never optional in the synchroniser
@@ -659,32 +697,59 @@ class SegmentationPipeline(Node):
                     f"{shape[1]}x{shape[0]} image does not match the RGB image's "
                     f"{size[1]}x{size[0]}",
                 )
-            return
+            return None
         arrays = {self._modalities[i]: frame.array for i, frame in present.items()}
         missing = tuple(m for i, m in enumerate(self._modalities) if i not in present)
-        if missing != self._missing:
-            self._missing_changed(missing)
         start = time.perf_counter()
         try:
-            labels = segmenter(arrays, intrinsics=intrinsics, missing=missing).labels
+            model_input = segmenter.stage(arrays, intrinsics=intrinsics, missing=missing)
         except EncodingError as err:
             self._refuse(self._blame(err), INVALID_VALUES, str(err))
-            return
+            return None
         except Exception as err:  # the thread outlives model failures; repeated ones are ERROR
-            self._monitor.record_failure()
-            self.get_logger().error(
-                f"inference failed: {err!r}", throttle_duration_sec=LOG_THROTTLE_S
-            )
-            return
-        inference_s = time.perf_counter() - start
+            self._inference_failed(err)
+            return None
+        seconds = time.perf_counter() - start
+        return _Staged(rgb, arrays, intrinsics, missing, model_input, seconds)
+
+    def _launch(self, segmenter: FrameSegmenter, staged: _Staged) -> _InFlight | None:
+        """Queues the inference of a staged group; None when it fails."""
+        if staged.missing != self._missing:
+            self._missing_changed(staged.missing)
+        start = time.perf_counter()
         try:
-            self._publish_outputs(rgb, labels, arrays, intrinsics)
+            pending = segmenter.launch(staged.model_input)
+        except Exception as err:  # the thread outlives model failures; repeated ones are ERROR
+            self._inference_failed(err)
+            return None
+        return _InFlight(staged, pending, staged.seconds + time.perf_counter() - start)
+
+    def _finish(self, in_flight: _InFlight) -> None:
+        """Waits for a group's labels and publishes them.
+
+        The inference time recorded is the thread's time on this group (staging, queueing,
+        waiting for its outputs), not the time it spent staging the next group meanwhile.
+        """
+        staged = in_flight.staged
+        start = time.perf_counter()
+        try:
+            labels = in_flight.pending.result().labels
+        except Exception as err:  # the thread outlives model failures; repeated ones are ERROR
+            self._inference_failed(err)
+            return
+        inference_s = in_flight.seconds + time.perf_counter() - start
+        try:
+            self._publish_outputs(staged.rgb, labels, staged.arrays, staged.intrinsics)
         except (InvalidHandle, RCLError):
             if self.context.ok():
                 raise
             return  # SIGINT / SIGTERM shut the context down while this group was segmented
-        latency_ns = self.get_clock().now().nanoseconds - header_stamp_ns(rgb.header)
+        latency_ns = self.get_clock().now().nanoseconds - header_stamp_ns(staged.rgb.header)
         self._monitor.record_segmented(time.monotonic(), inference_s, latency_ns * 1e-9)
+
+    def _inference_failed(self, err: Exception) -> None:
+        self._monitor.record_failure()
+        self.get_logger().error(f"inference failed: {err!r}", throttle_duration_sec=LOG_THROTTLE_S)
 
     def _blame(self, err: EncodingError) -> int:
         """Index of the input an encoding error is about (RGB when it names no input)."""

@@ -9,9 +9,12 @@ one inference time, and memory stays bounded, whatever the input rate.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+Staged = TypeVar("Staged")
+InFlight = TypeVar("InFlight")
 
 
 class LatestSlot(Generic[T]):
@@ -84,3 +87,38 @@ class LatestSlot(Generic[T]):
             self._item = None
             self._full = False
             self._condition.notify_all()
+
+
+def consume_pipelined(
+    slot: LatestSlot[T],
+    stage: Callable[[T], Staged | None],
+    launch: Callable[[Staged], InFlight | None],
+    finish: Callable[[InFlight], None],
+    *,
+    overlap: bool = True,
+) -> None:
+    """Consume ``slot`` until it is closed, one item in flight, staging the next one early.
+
+    Each item is staged (``stage``: host-side preparation and upload), launched (``launch``:
+    device work queued) and finished (``finish``: wait for its outputs and deliver them). When an
+    item is already waiting as one is in flight, it is staged before the in-flight one is
+    finished, so its preparation overlaps the device's work; when none is waiting, the in-flight
+    item is finished at once (never held back for the next one). Items finish in the order
+    they were taken. ``stage`` or ``launch`` returning None drops that item.
+
+    ``overlap=False`` finishes each item right after its launch: for a ``launch`` that returns
+    only when the work is done (CPU), where staging early would delay every output by the next
+    item's staging and overlap nothing.
+    """
+    in_flight: InFlight | None = None
+    while True:
+        item = slot.take(timeout=0.0 if in_flight is not None else None)
+        if item is None and in_flight is None:
+            return  # the slot is closed
+        staged = None if item is None else stage(item)
+        if in_flight is not None:
+            finish(in_flight)
+        in_flight = None if staged is None else launch(staged)
+        if not overlap and in_flight is not None:
+            finish(in_flight)
+            in_flight = None

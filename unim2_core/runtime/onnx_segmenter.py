@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
 from unim2_core.data.camera import CameraIntrinsics
 from unim2_core.data.encoding import ModalityEncoding, check_group
@@ -41,7 +42,9 @@ from unim2_core.runtime.export import (
 from unim2_core.runtime.segmenter import (
     ClusterOrder,
     LabelInfo,
+    PendingSegmentation,
     SegmentationResult,
+    StagedGroup,
     label_table,
     present_modalities,
 )
@@ -240,6 +243,11 @@ class OnnxSegmenter:
         """``onnxruntime:<first execution provider>``, for logs and diagnostics."""
         return f"onnxruntime:{self.providers[0]}"
 
+    @property
+    def launch_is_asynchronous(self) -> bool:
+        """False: ONNX Runtime's ``run`` returns with the outputs (see ``FrameSegmenter``)."""
+        return False
+
     def processing_size(self, height: int, width: int) -> tuple[int, int]:
         """The backbone input size used for an input of ``height`` x ``width``."""
         return processing_size(
@@ -252,6 +260,53 @@ class OnnxSegmenter:
     def present_modalities(self, missing: Collection[str] = ()) -> tuple[str, ...]:
         """The model's modalities less ``missing`` (see ``segmenter.present_modalities``)."""
         return present_modalities(self.modalities, missing)
+
+    def stage(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        *,
+        intrinsics: Mapping[str, CameraIntrinsics] | None = None,
+        missing: Collection[str] = (),
+    ) -> StagedGroup:
+        """Encode one frame group into the backbone batch of its present modalities (CPU, fp32).
+
+        Arguments and errors as for ``Segmenter.stage``.
+        """
+        present = self.present_modalities(missing)
+        height, width = check_group(arrays, present)
+        encoded = encode_group(
+            arrays, {m: self.encodings[m] for m in present}, intrinsics=intrinsics
+        )  # [M', H, W, 3]
+        batch = to_backbone_batch(
+            encoded,
+            self.processing_size(height, width),
+            interpolation=self.bundle.preprocess.interpolation,
+        )  # [M', 3, h, w]
+        return StagedGroup(batch, present, (height, width), ready=None)
+
+    def launch(self, staged: StagedGroup, *, with_confidence: bool = False) -> PendingSegmentation:
+        """Run the graph on a staged group; ONNX Runtime's ``run`` blocks, so the outputs are
+        complete when this returns."""
+        height, width = staged.output_size
+        batch = staged.pixels.numpy()  # [M', 3, h, w]
+        mask = np.array([m in staged.present for m in self.modalities])  # [M]
+        pixels = np.zeros((len(self.modalities), *batch.shape[1:]), dtype=np.float32)
+        pixels[mask] = batch  # [M, 3, h, w]
+        feeds = {
+            INPUT_NAMES[0]: pixels,
+            INPUT_NAMES[1]: mask,
+            INPUT_NAMES[2]: np.empty((0, height, width), dtype=np.float32),
+        }
+        clusters, best = self._session.run(list(OUTPUT_NAMES), feeds)  # [H, W] each
+        confidence = (
+            torch.from_numpy(np.asarray(best, dtype=np.float32)) if with_confidence else None
+        )
+        return PendingSegmentation(
+            torch.from_numpy(self._lookup[clusters]),
+            confidence,
+            done=None,
+            label_dtype=self._label_dtype,
+        )
 
     def __call__(
         self,
@@ -269,25 +324,5 @@ class OnnxSegmenter:
             EncodingError: a needed modality is missing, sizes differ, or an array is invalid.
             ValueError: ``missing`` names RGB or a modality the model does not use.
         """
-        present = self.present_modalities(missing)
-        height, width = check_group(arrays, present)
-        encoded = encode_group(
-            arrays, {m: self.encodings[m] for m in present}, intrinsics=intrinsics
-        )  # [M', H, W, 3]
-        batch = to_backbone_batch(
-            encoded,
-            self.processing_size(height, width),
-            interpolation=self.bundle.preprocess.interpolation,
-        ).numpy()  # [M', 3, h, w]
-        mask = np.array([m in present for m in self.modalities])  # [M]
-        pixels = np.zeros((len(self.modalities), *batch.shape[1:]), dtype=np.float32)
-        pixels[mask] = batch  # [M, 3, h, w]
-        feeds = {
-            INPUT_NAMES[0]: pixels,
-            INPUT_NAMES[1]: mask,
-            INPUT_NAMES[2]: np.empty((0, height, width), dtype=np.float32),
-        }
-        clusters, best = self._session.run(list(OUTPUT_NAMES), feeds)  # [H, W] each
-        labels = self._lookup[clusters].astype(self._label_dtype)
-        confidence = np.asarray(best, dtype=np.float32) if with_confidence else None
-        return SegmentationResult(labels=labels, confidence=confidence)
+        staged = self.stage(arrays, intrinsics=intrinsics, missing=missing)
+        return self.launch(staged, with_confidence=with_confidence).result()

@@ -7,9 +7,9 @@ preprocessing, backbone, heads and cluster assignment cannot drift apart between
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Literal, NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol, cast
 
 import numpy as np
 import torch
@@ -54,6 +54,54 @@ class SegmentationResult(NamedTuple):
 
     labels: np.ndarray
     confidence: np.ndarray | None
+
+
+class StagedGroup(NamedTuple):
+    """One frame group encoded and on its way to the model's device (:meth:`Segmenter.stage`).
+
+    Attributes:
+        pixels: [M', 3, h, w] backbone input on the model's device, in the backbone's dtype
+            (for ONNX Runtime: on the CPU, fp32).
+        present: The modalities in ``pixels``, in model order.
+        output_size: (H, W) of the input arrays, the size of the labels.
+        ready: On CUDA, the event recorded on the copy stream after ``pixels`` was written;
+            None on the CPU, where ``pixels`` is complete when ``stage`` returns.
+    """
+
+    pixels: Tensor
+    present: tuple[str, ...]
+    output_size: tuple[int, int]
+    ready: torch.cuda.Event | None
+
+
+class PendingSegmentation:
+    """Labels (and confidences) whose device work is queued; :meth:`result` waits for them.
+
+    On CUDA the kernels and the copy of the outputs into pinned host memory are queued when
+    :meth:`Segmenter.launch` returns, so the caller's thread is free (to stage the next group)
+    while the GPU works. On the CPU the outputs are complete already.
+    """
+
+    def __init__(
+        self,
+        labels: Tensor,
+        confidence: Tensor | None,
+        *,
+        done: torch.cuda.Event | None,
+        label_dtype: type[np.unsignedinteger],
+    ) -> None:
+        self._labels = labels
+        self._confidence = confidence
+        self._done = done
+        self._label_dtype = label_dtype
+
+    def result(self) -> SegmentationResult:
+        """The outputs as numpy arrays, once the device has produced them."""
+        if self._done is not None:
+            self._done.synchronize()
+        labels = self._labels.numpy().astype(self._label_dtype)
+        confidence = None if self._confidence is None else self._confidence.numpy()
+        return SegmentationResult(labels=labels, confidence=confidence)
 
 
 def distinct_palette(n: int) -> np.ndarray:
@@ -155,6 +203,26 @@ class FrameSegmenter(Protocol):
         ``onnxruntime:CPUExecutionProvider``...)."""
         ...
 
+    @property
+    def launch_is_asynchronous(self) -> bool:
+        """Whether ``launch`` returns before the outputs are computed (PyTorch on CUDA), so that
+        staging the next group meanwhile overlaps the device's work."""
+        ...
+
+    def stage(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        *,
+        intrinsics: Mapping[str, CameraIntrinsics] | None = None,
+        missing: Collection[str] = (),
+    ) -> StagedGroup:
+        """Encode one frame group into the model's input (see ``Segmenter.stage``)."""
+        ...
+
+    def launch(self, staged: StagedGroup, *, with_confidence: bool = False) -> PendingSegmentation:
+        """Start segmenting a staged group (see ``Segmenter.launch``)."""
+        ...
+
     def __call__(
         self,
         arrays: Mapping[str, np.ndarray],
@@ -170,6 +238,12 @@ class FrameSegmenter(Protocol):
 class Segmenter:
     """A trained bundle on a loaded backbone, ready to segment frame groups.
 
+    A call runs in two steps that a pipelined caller (the node) can separate: :meth:`stage`
+    (CPU encoding, the copy to the device and the resize to the backbone input) and
+    :meth:`launch` / :meth:`run` (backbone, heads, cluster assignment). On CUDA, ``stage`` copies
+    from pinned host memory on a side stream, so the next group's conversion and upload overlap
+    the current group's compute; ``segmenter(arrays)`` is ``run(stage(arrays))``.
+
     Args:
         bundle: The trained heads and their settings.
         backbone: The frozen backbone; its identity must match the bundle's.
@@ -184,6 +258,15 @@ class Segmenter:
             resolution, similarities upsampled, see ``clusters_from_similarity``) or ``code``
             (the reference's order: code upsampled to the output size, normalised, then the
             cosine, see ``clusters_from_code``; what ``eval.protocol: paper`` uses).
+        compile: Run the backbone's forward through ``torch.compile`` (TorchInductor, default
+            mode). Only the backbone is compiled: it is nearly all of the frame time, while the
+            heads are a few 1x1 convolutions. Shapes are static (``dynamic=False``): a camera
+            gives one input size, so the only shapes are the batch sizes of the present
+            modalities (one per number of present modalities, fewer than dynamo's limit of
+            8 recompilations), and fully specialised kernels are the fastest. The first frame
+            of each shape pays its compilation (seconds on a GPU, up to a minute; about 5 s for
+            a 2-block ViT-S on 2 CPU cores). No CUDA graphs (``reduce-overhead``): their reused
+            output buffers do not suit the pipelined calls of the node's inference thread.
 
     Raises:
         CheckpointError: the backbone does not match the bundle.
@@ -201,6 +284,7 @@ class Segmenter:
         shorter_side: int | None = None,
         apply_mapping: bool = True,
         cluster_order: ClusterOrder = "similarity",
+        compile: bool = False,
     ) -> None:
         bundle.check_compatible(backbone=backbone.identity)
         if cluster_order not in CLUSTER_ORDERS:
@@ -215,8 +299,17 @@ class Segmenter:
         self.bundle = bundle
         self.device = resolve_device(device)
         self.precision = precision
+        self.compiled = compile
         self.shorter_side = shorter_side or bundle.preprocess.shorter_side
         self.backbone = backbone.to(self.device, PRECISIONS[precision])
+        self._backbone_forward: Callable[[Tensor], Tensor] = (
+            cast(Callable[[Tensor], Tensor], torch.compile(self.backbone, dynamic=False))
+            if compile
+            else self.backbone
+        )
+        self._copy_stream: torch.cuda.Stream | None = None
+        if self.device.type == "cuda":
+            self._copy_stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
         self.heads = bundle.build_heads().to(self.device)
         self.labels_table, lookup = label_table(bundle, apply_mapping=apply_mapping)
         self._lookup = torch.as_tensor(lookup, device=self.device)
@@ -232,6 +325,7 @@ class Segmenter:
         precision: Precision = "fp32",
         shorter_side: int | None = None,
         apply_mapping: bool = True,
+        compile: bool = False,
     ) -> Segmenter:
         """Load a checkpoint bundle and the backbone weights it was trained with.
 
@@ -250,6 +344,7 @@ class Segmenter:
             precision=precision,
             shorter_side=shorter_side,
             apply_mapping=apply_mapping,
+            compile=compile,
         )
 
     @property
@@ -267,6 +362,11 @@ class Segmenter:
         """The torch device (``cpu``, ``cuda:0``...), for logs and diagnostics."""
         return str(self.device)
 
+    @property
+    def launch_is_asynchronous(self) -> bool:
+        """True on CUDA: :meth:`launch` only queues the work (see ``FrameSegmenter``)."""
+        return self._copy_stream is not None
+
     def processing_size(self, height: int, width: int) -> tuple[int, int]:
         """The backbone input size used for an input of ``height`` x ``width``."""
         return processing_size(
@@ -276,6 +376,72 @@ class Segmenter:
     def present_modalities(self, missing: Collection[str] = ()) -> tuple[str, ...]:
         """The model's modalities less ``missing`` (see :func:`present_modalities`)."""
         return present_modalities(self.modalities, missing)
+
+    @torch.inference_mode()
+    def stage(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        *,
+        intrinsics: Mapping[str, CameraIntrinsics] | None = None,
+        missing: Collection[str] = (),
+    ) -> StagedGroup:
+        """Encode one frame group and build its backbone input on the model's device.
+
+        On CUDA the encoded images are pinned and copied without blocking on a side stream,
+        where the resize and normalisation run too; the returned event marks the end of that
+        work, and :meth:`launch` makes the compute stream wait for it (not the host).
+
+        Args:
+            arrays: Raw array per modality; those in ``missing`` may be left out.
+            intrinsics: The frame's camera intrinsics per modality (``depth_hha``); see
+                ``preprocess.encode_group``.
+            missing: Auxiliary modalities whose stream is lost: neither needed in ``arrays``
+                nor run through the backbone.
+
+        Raises:
+            EncodingError: a needed modality is missing, sizes differ, or an array is invalid.
+            ValueError: ``missing`` names RGB or a modality the model does not use.
+        """
+        present = self.present_modalities(missing)
+        height, width = check_group(arrays, present)
+        encoded = encode_group(
+            arrays, {m: self.encodings[m] for m in present}, intrinsics=intrinsics
+        )  # [M', H, W, 3]
+        size = self.processing_size(height, width)
+        dtype, interpolation = PRECISIONS[self.precision], self.bundle.preprocess.interpolation
+        if self._copy_stream is None:
+            pixels = to_backbone_batch(
+                encoded, size, device=self.device, dtype=dtype, interpolation=interpolation
+            )  # [M', 3, h, w]
+            return StagedGroup(pixels, present, (height, width), ready=None)
+        host = torch.from_numpy(encoded).pin_memory()
+        ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        with torch.cuda.stream(self._copy_stream):
+            uploaded = host.to(self.device, non_blocking=True)
+            pixels = to_backbone_batch(
+                uploaded, size, device=self.device, dtype=dtype, interpolation=interpolation
+            )  # [M', 3, h, w]
+            ready.record(self._copy_stream)
+        return StagedGroup(pixels, present, (height, width), ready=ready)
+
+    def _staged_code(self, staged: StagedGroup) -> Tensor:
+        """The code map [1, D, h, w] of a staged group, queued on the current stream."""
+        if staged.ready is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(staged.ready)
+            # pixels was allocated on the copy stream: keep its memory from being reused
+            # there before this stream's kernels have read it.
+            staged.pixels.record_stream(stream)
+        features = self._backbone_forward(staged.pixels).float()  # [M', C, h, w]
+        if len(staged.present) == len(self.modalities):
+            code: Tensor = self.heads(features.unsqueeze(0))  # [1, D, h, w]
+            return code
+        mask = [m in staged.present for m in self.modalities]
+        full = features.new_zeros((len(self.modalities), *features.shape[1:]))  # [M, C, h, w]
+        full[torch.tensor(mask, device=self.device)] = features
+        present_mask = torch.tensor([mask], dtype=torch.bool, device=self.device)  # [1, M]
+        code = self.heads(full.unsqueeze(0), present_mask)  # [1, D, h, w]
+        return code
 
     @torch.inference_mode()
     def code(
@@ -293,30 +459,43 @@ class Segmenter:
         exactly as training with modality dropout did (``UniM2Heads.fuse`` with a ``present``
         mask).
         """
-        present = self.present_modalities(missing)
-        encoded = encode_group(
-            arrays, {m: self.encodings[m] for m in present}, intrinsics=intrinsics
-        )  # [M', H, W, 3]
-        size = self.processing_size(encoded.shape[1], encoded.shape[2])
-        pixels = to_backbone_batch(
-            encoded,
-            size,
-            device=self.device,
-            dtype=PRECISIONS[self.precision],
-            interpolation=self.bundle.preprocess.interpolation,
-        )
-        features = self.backbone(pixels).float()  # [M', C, h, w]
-        if len(present) == len(self.modalities):
-            code: Tensor = self.heads(features.unsqueeze(0))  # [1, D, h, w]
-            return code
-        mask = [m in present for m in self.modalities]
-        full = features.new_zeros((len(self.modalities), *features.shape[1:]))  # [M, C, h, w]
-        full[torch.tensor(mask, device=self.device)] = features
-        present_mask = torch.tensor([mask], dtype=torch.bool, device=self.device)  # [1, M]
-        code = self.heads(full.unsqueeze(0), present_mask)  # [1, D, h, w]
-        return code
+        return self._staged_code(self.stage(arrays, intrinsics=intrinsics, missing=missing))
 
     @torch.inference_mode()
+    def launch(self, staged: StagedGroup, *, with_confidence: bool = False) -> PendingSegmentation:
+        """Queue the backbone, heads and cluster assignment of a staged group.
+
+        On CUDA the current stream first waits for the staging copy, and the outputs are
+        copied to pinned host memory without blocking, so this returns as soon as the work is
+        queued; :meth:`PendingSegmentation.result` waits for it.
+        """
+        code = self._staged_code(staged)  # [1, D, h, w]
+        height, width = staged.output_size
+        if self.cluster_order == "code":
+            clusters, best = clusters_from_code(
+                code, self.heads.cluster_probe.centroids, output_size=(height, width)
+            )
+        else:
+            clusters, best = clusters_from_similarity(
+                self.heads.cluster_probe.similarity(code),  # [1, K, h, w]
+                processing_size=self.processing_size(height, width),
+                output_size=(height, width),
+            )
+        non_blocking = self.device.type == "cuda"
+        labels = self._lookup[clusters[0]].to("cpu", non_blocking=non_blocking)  # [H, W]
+        confidence = (
+            best[0].to("cpu", torch.float32, non_blocking=non_blocking) if with_confidence else None
+        )
+        done = None
+        if non_blocking:
+            done = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            done.record(torch.cuda.current_stream(self.device))
+        return PendingSegmentation(labels, confidence, done=done, label_dtype=self._label_dtype)
+
+    def run(self, staged: StagedGroup, *, with_confidence: bool = False) -> SegmentationResult:
+        """Segment a staged group and wait for its outputs (``launch(...).result()``)."""
+        return self.launch(staged, with_confidence=with_confidence).result()
+
     def __call__(
         self,
         arrays: Mapping[str, np.ndarray],
@@ -338,21 +517,8 @@ class Segmenter:
             EncodingError: a needed modality is missing, sizes differ, or an array is invalid.
             ValueError: ``missing`` names RGB or a modality the model does not use.
         """
-        height, width = check_group(arrays, self.present_modalities(missing))
-        code = self.code(arrays, intrinsics=intrinsics, missing=missing)  # [1, D, h, w]
-        if self.cluster_order == "code":
-            clusters, best = clusters_from_code(
-                code, self.heads.cluster_probe.centroids, output_size=(height, width)
-            )
-        else:
-            clusters, best = clusters_from_similarity(
-                self.heads.cluster_probe.similarity(code),  # [1, K, h, w]
-                processing_size=self.processing_size(height, width),
-                output_size=(height, width),
-            )
-        labels = self._lookup[clusters[0]].to("cpu").numpy().astype(self._label_dtype)
-        confidence = best[0].to("cpu", torch.float32).numpy() if with_confidence else None
-        return SegmentationResult(labels=labels, confidence=confidence)
+        staged = self.stage(arrays, intrinsics=intrinsics, missing=missing)
+        return self.run(staged, with_confidence=with_confidence)
 
 
 def _rgb(color: np.ndarray) -> tuple[int, int, int]:
