@@ -310,3 +310,29 @@ def test_unusable_onnx_configuration_is_refused_naming_the_parameter(
             SegmentationNode(context=context, parameter_overrides=overrides)
     finally:
         context.try_shutdown()
+
+
+@pytest.mark.skipif(_has(CUDA_PROVIDER), reason="a CUDA provider is installed")
+def test_gpu_provider_that_does_not_start_is_refused_naming_the_device(
+    ros_domain_id: int, checkpoint: Path, onnx_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As onnxruntime-gpu without its CUDA libraries: the provider is reported, but the
+    session falls back to the CPU (a real session; only the report is made up)."""
+    import onnxruntime
+
+    monkeypatch.setattr(
+        onnxruntime, "get_available_providers", lambda: [CUDA_PROVIDER, CPU_PROVIDER]
+    )
+    params = _onnx_params(checkpoint, onnx_file, **{"model.device": "cuda"})
+    context = Context()
+    rclpy.init(context=context, domain_id=ros_domain_id)
+    try:
+        overrides = [Parameter(name, value=value) for name, value in params.items()]
+        with pytest.raises(
+            ConfigError,
+            match=r"^parameter model.device 'cuda': '.*\.onnx': onnxruntime could not start a "
+            r"GPU provider \(session uses \['CPUExecutionProvider'\]\)",
+        ):
+            SegmentationNode(context=context, parameter_overrides=overrides)
+    finally:
+        context.try_shutdown()

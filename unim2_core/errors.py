@@ -71,3 +71,8 @@ class Interrupted(KeyboardInterrupt):
 
 class ExportError(Unim2Error):
     """An ONNX export cannot be written, or an exported file cannot serve the given checkpoint."""
+
+
+class ProviderError(ExportError):
+    """ONNX Runtime's execution providers cannot serve the requested device or precision (none
+    installed for it, or one that failed to start), as opposed to a problem with the file."""

@@ -99,6 +99,7 @@ from unim2_core.errors import (
     ConfigError,
     EncodingError,
     ExportError,
+    ProviderError,
 )
 from unim2_core.model.backbone import load_backbone
 from unim2_core.model.checkpoint import Bundle, load_bundle
@@ -267,9 +268,10 @@ def _load_onnx_segmenter(bundle: Bundle, settings: NodeSettings) -> OnnxSegmente
     ``model.precision``.
 
     Raises:
-        ConfigError: naming ``model.runtime`` (onnxruntime not installed), ``model.device``,
-            ``model.precision``, ``model.checkpoint`` (unreadable) or ``model.onnx`` (missing,
-            corrupt, not a unim2 export, or exported from another checkpoint).
+        ConfigError: naming ``model.runtime`` (onnxruntime not installed), ``model.device``
+            (no provider for it, or a GPU provider that failed to start), ``model.precision``,
+            ``model.checkpoint`` (unreadable) or ``model.onnx`` (missing, corrupt, not a unim2
+            export, or exported from another checkpoint).
     """
     try:
         available = available_providers()
@@ -277,11 +279,11 @@ def _load_onnx_segmenter(bundle: Bundle, settings: NodeSettings) -> OnnxSegmente
         raise ConfigError(f"parameter model.runtime 'onnxruntime': {err}") from err
     try:
         choose_providers(settings.device, "fp32", available)
-    except ExportError as err:
+    except ProviderError as err:
         raise ConfigError(f"parameter model.device {settings.device!r}: {err}") from err
     try:
         choose_providers(settings.device, settings.precision, available)
-    except ExportError as err:
+    except ProviderError as err:
         raise ConfigError(f"parameter model.precision {settings.precision!r}: {err}") from err
     try:
         expected = checkpoint_identity(settings.checkpoint)
@@ -296,6 +298,8 @@ def _load_onnx_segmenter(bundle: Bundle, settings: NodeSettings) -> OnnxSegmente
             precision=settings.precision,
             shorter_side=settings.input_size or None,
         )
+    except ProviderError as err:  # e.g. onnxruntime-gpu without its CUDA libraries
+        raise ConfigError(f"parameter model.device {settings.device!r}: {err}") from err
     except ExportError as err:  # the message names the file
         raise ConfigError(f"parameter model.onnx: {err}") from err
 

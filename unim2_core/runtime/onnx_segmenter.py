@@ -31,7 +31,7 @@ import torch
 from unim2_core.data.camera import CameraIntrinsics
 from unim2_core.data.encoding import ModalityEncoding, check_group
 from unim2_core.data.preprocess import encode_group, processing_size, to_backbone_batch
-from unim2_core.errors import ExportError
+from unim2_core.errors import ExportError, ProviderError
 from unim2_core.model.checkpoint import Bundle, load_bundle
 from unim2_core.runtime.export import (
     INPUT_NAMES,
@@ -88,28 +88,28 @@ def choose_providers(
         available: What ``onnxruntime.get_available_providers()`` reports.
 
     Raises:
-        ExportError: an unknown device or precision, or no provider fits, naming what
+        ProviderError: an unknown device or precision, or no provider fits, naming what
             onnxruntime reports.
     """
     spelled = _DEVICE_PATTERN.fullmatch(device)
     if spelled is None:
-        raise ExportError(
+        raise ProviderError(
             f"onnxruntime device must be one of {ONNX_DEVICES} or cuda:N, got {device!r}"
         )
     if precision not in ONNX_PRECISIONS:
-        raise ExportError(
+        raise ProviderError(
             f"onnxruntime precision must be one of {ONNX_PRECISIONS}, got {precision!r} "
             "(the exported graph is fp32; fp16 is TensorRT's)"
         )
     gpu = [name for name in GPU_PROVIDERS if name in available]
     if device.startswith("cuda") and not gpu:
-        raise ExportError(
+        raise ProviderError(
             f"device {device!r} needs onnxruntime's {TENSORRT_PROVIDER} or {CUDA_PROVIDER}, "
             f"but it reports only {list(available)} (install onnxruntime-gpu)"
         )
     chosen = [] if device == "cpu" else gpu
     if precision == "fp16" and TENSORRT_PROVIDER not in chosen:
-        raise ExportError(
+        raise ProviderError(
             f"precision 'fp16' with onnxruntime needs the {TENSORRT_PROVIDER} on a GPU device "
             f"(the exported graph is fp32); onnxruntime reports {list(available)}"
         )
@@ -138,7 +138,9 @@ class OnnxSegmenter:
 
     Raises:
         ExportError: the file is missing, not a valid ONNX model, exported from another model,
-            lacks the expected inputs / outputs, or no execution provider fits.
+            or lacks the expected inputs / outputs.
+        ProviderError: no execution provider fits ``device`` / ``precision``, or the GPU
+            provider asked for did not start.
         ValueError: a non-positive resolution or thread count.
     """
 
@@ -185,7 +187,7 @@ class OnnxSegmenter:
             )
         used = session.get_providers()
         if device.startswith("cuda") and not any(name in used for name in GPU_PROVIDERS):
-            raise ExportError(
+            raise ProviderError(
                 f"{source}: onnxruntime could not start a GPU provider (session uses {used}); "
                 "check the CUDA / TensorRT libraries"
             )
