@@ -35,12 +35,12 @@ Threads: subscription callbacks (one executor thread) only convert (zero-copy), 
 frames to the approximate-time synchroniser; a complete group goes to a single-slot "latest
 group" buffer. One inference thread, which also builds the model, takes groups from it, so when
 the model is slower than the cameras stale groups are replaced (counted as stale drops) instead
-of queueing up: output latency stays under about two inference times. On a GPU (PyTorch) the thread
-pipelines (``Segmenter.stage`` / ``launch``): when a group is already waiting as the previous
-one's inference is queued, it stages that group (encoding, the upload from pinned memory on a
-side CUDA stream) before waiting for and publishing the previous outputs, so conversion overlaps
-GPU compute; outputs keep their order. On a CPU, or with ONNX Runtime, whose ``launch`` returns
-with the outputs, each group is published before the next one is staged.
+of queueing up: output latency stays under about two inference times. On a GPU (PyTorch) the
+thread pipelines (``Segmenter.stage`` / ``launch``): when a group is already waiting as the
+previous one's inference is queued, it stages that group (encoding, the upload from pinned
+memory on a side CUDA stream) before waiting for and publishing the previous outputs, so
+conversion overlaps GPU compute; outputs keep their order. On a CPU, or with ONNX Runtime, whose
+``launch`` returns with the outputs, each group is published before the next one is staged.
 Pipeline latency in the diagnostics is the node clock's now - the RGB stamp when the outputs
 have been published; inference time is the thread's time on a group (staging, queueing, waiting
 for its outputs), without the time it spent staging the next one meanwhile.
