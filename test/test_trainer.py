@@ -545,8 +545,8 @@ def test_depth_hha_without_intrinsics_trains_with_the_dataset_yaml_camera(
     with caplog.at_level("INFO", logger="unim2_core.training.trainer"):
         result = train(config, progress=False)
     assert (
-        f"modalities.depth: depth_hha intrinsics {SYNTHETIC_CAMERA.to_list()} taken from the "
-        f"dataset.yaml of '{root}' (key 'intrinsics.depth')"
+        f"modalities.depth: depth_hha intrinsics {SYNTHETIC_CAMERA.to_list()} taken from "
+        f"'{root}/dataset.yaml' (key 'intrinsics.depth')"
     ) in caplog.text
     resolved = dataclasses.replace(
         ModalityEncoding.default("depth_hha"), intrinsics=SYNTHETIC_CAMERA
@@ -572,8 +572,8 @@ def test_depth_hha_without_intrinsics_anywhere_names_dataset_yaml(
     with pytest.raises(
         ConfigError,
         match=r"modalities\.depth: the depth_hha encoding needs the camera's intrinsics: give "
-        r"'intrinsics' .* in this encoding, or key 'intrinsics\.depth' in the dataset's "
-        r"dataset\.yaml .*unim2_import_bag writes",
+        r"'intrinsics' .* in this encoding or, for a folder dataset, key 'intrinsics\.depth' in "
+        rf"'{data_root}/dataset\.yaml', which unim2_import_bag writes",
     ):
         Trainer(config, progress=False)
     assert not (tmp_path / "cache").exists()  # refused before any feature is extracted
@@ -600,7 +600,7 @@ def test_config_intrinsics_win_over_the_dataset_camera_with_a_warning(
     assert record.levelname == "WARNING"
     assert record.getMessage() == (
         f"modalities.depth: the config's intrinsics {[float(v) for v in given]} differ from "
-        f"{SYNTHETIC_CAMERA.to_list()} in the dataset.yaml of '{data_root}'; the config's are used"
+        f"{SYNTHETIC_CAMERA.to_list()} in '{data_root}/dataset.yaml'; the config's are used"
     )
     caplog.clear()
     with caplog.at_level("INFO", logger="unim2_core.training.trainer"):

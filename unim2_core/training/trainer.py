@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from unim2_core.atomic import atomic_output, atomic_write_text
 from unim2_core.data.datasets import DatasetInfo, FrameGroup, open_dataset
+from unim2_core.data.datasets.folder import DATASET_YAML
 from unim2_core.data.encoding import EncodingKind, ModalityEncoding
 from unim2_core.data.preprocess import PreprocessConfig
 from unim2_core.device import resolve_device
@@ -184,10 +185,10 @@ def dataset_encodings(config: TrainConfig, info: DatasetInfo) -> dict[str, Modal
         if camera is None:
             raise ConfigError(
                 f"modalities.{name}: the depth_hha encoding needs the camera's intrinsics: give "
-                "'intrinsics' [fx, fy, cx, cy, width, height] in this encoding, or key "
-                f"'intrinsics.{name}' in the dataset's dataset.yaml ({config.dataset.kind} "
-                f"dataset {config.dataset.root!r}), which unim2_import_bag writes when the bag "
-                "recorded the camera_info beside the image topic (re-import such a bag)"
+                "'intrinsics' [fx, fy, cx, cy, width, height] in this encoding or, for a folder "
+                f"dataset, key 'intrinsics.{name}' in {_dataset_yaml(config)!r}, which "
+                "unim2_import_bag writes when the bag recorded the camera_info beside the image "
+                "topic (re-import such a bag)"
             )
         resolved[name] = dataclasses.replace(encoding, intrinsics=camera)
     return resolved
@@ -202,14 +203,14 @@ def with_dataset_intrinsics(config: TrainConfig, info: DatasetInfo) -> TrainConf
     Raises:
         ConfigError: As :func:`dataset_encodings`.
     """
-    where = f"dataset.yaml of {config.dataset.root!r}"
+    where = _dataset_yaml(config)
     for name, encoding in config.modalities.items():
         camera = info.intrinsics.get(name)
         if encoding.kind is not EncodingKind.DEPTH_HHA or camera is None:
             continue
         if encoding.intrinsics is None:
             LOGGER.info(
-                "modalities.%s: depth_hha intrinsics %s taken from the %s (key 'intrinsics.%s')",
+                "modalities.%s: depth_hha intrinsics %s taken from %r (key 'intrinsics.%s')",
                 name,
                 camera.to_list(),
                 where,
@@ -217,14 +218,19 @@ def with_dataset_intrinsics(config: TrainConfig, info: DatasetInfo) -> TrainConf
             )
         elif encoding.intrinsics != camera:
             LOGGER.warning(
-                "modalities.%s: the config's intrinsics %s differ from %s in the %s; the "
-                "config's are used",
+                "modalities.%s: the config's intrinsics %s differ from %s in %r; the config's "
+                "are used",
                 name,
                 encoding.intrinsics.to_list(),
                 camera.to_list(),
                 where,
             )
     return dataclasses.replace(config, modalities=dataset_encodings(config, info))
+
+
+def _dataset_yaml(config: TrainConfig) -> str:
+    """Where a folder dataset keeps its cameras, for messages."""
+    return str(Path(config.dataset.root) / DATASET_YAML)
 
 
 class SplitStores(NamedTuple):
