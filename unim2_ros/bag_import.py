@@ -28,11 +28,12 @@ when the bag has it. Its distinct calibrations are kept in the import record, re
 (:attr:`ImportSummary.cameras`) and printed as ``[fx, fy, cx, cy, width, height]``. A topic
 with exactly one calibrated camera is written into ``dataset.yaml`` as
 ``intrinsics.<modality>``, where training finds it for a ``depth_hha`` encoding whose config
-gives none; ``dataset.yaml`` is created when absent and keeps its other keys, and a different
-camera already recorded there for the modality is refused (importing another bag with the same
-camera, ``--append``, is fine). Several calibrations, or a camera_info topic without a
-calibrated camera (all-zero matrix), write nothing: the printout says so, and a ``depth_hha``
-training config must then give the intrinsics itself.
+gives none. ``dataset.yaml`` is created when absent and keeps its other keys (not its
+comments: it is rewritten only when a key is added); a different camera already recorded there
+for the modality is refused (importing another bag with the same camera, ``--append``, is
+fine). Several calibrations, or a camera_info topic without a calibrated camera (all-zero
+matrix), write nothing: the printout says so, and a ``depth_hha`` training config must then
+give the intrinsics itself.
 """
 
 from __future__ import annotations
