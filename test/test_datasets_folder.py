@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from unim2_core.data.camera import CameraIntrinsics
 from unim2_core.data.datasets import (
     MODALITIES,
     FolderDataset,
@@ -16,6 +17,7 @@ from unim2_core.data.datasets import (
     write_frame_group,
 )
 from unim2_core.data.datasets.base import default_palette
+from unim2_core.data.datasets.folder import DatasetYaml, load_dataset_yaml, write_dataset_yaml
 from unim2_core.errors import DataError
 
 H, W = 24, 32
@@ -192,6 +194,28 @@ def test_dataset_yaml_sets_name_classes_and_palette(tmp_path: Path) -> None:
     assert info.palette.dtype == np.uint8
 
 
+def test_dataset_yaml_gives_each_modalitys_intrinsics(tmp_path: Path) -> None:
+    write_frame_group(tmp_path, FrameGroup("a", {"rgb": _array("rgb", "uint8")}, None))
+    assert dict(FolderDataset(tmp_path, split="all").info.intrinsics) == {}
+    _write_yaml(tmp_path, "intrinsics:\n  depth: [50.5, 51, 31.5, 23.5, 64, 48]\n")
+    info = FolderDataset(tmp_path, split="all").info
+    assert dict(info.intrinsics) == {"depth": CameraIntrinsics(50.5, 51.0, 31.5, 23.5, 64, 48)}
+
+
+def test_written_dataset_yaml_reads_back_the_same(tmp_path: Path) -> None:
+    config = DatasetYaml(
+        name="yard",
+        class_names=["road", "grass"],
+        palette=[[1, 2, 3], [4, 5, 6]],
+        ignore_index=255,
+        intrinsics={"depth": CameraIntrinsics(50.5, 51.0, 31.5, 23.5, 64, 48)},
+    )
+    path = tmp_path / "dataset.yaml"
+    write_dataset_yaml(path, config)
+    assert load_dataset_yaml(path) == config
+    assert "  depth: [50.5, 51.0, 31.5, 23.5, 64, 48]\n" in path.read_text()
+
+
 def test_default_name_and_palette(tmp_path: Path) -> None:
     root = tmp_path / "robot_day1"
     write_frame_group(root, FrameGroup("a", {"rgb": _array("rgb", "uint8")}, None))
@@ -218,6 +242,27 @@ def test_default_name_and_palette(tmp_path: Path) -> None:
         ("name: ''\n", "key 'name' must be a non-empty string"),
         ("- a\n- b\n", "must hold a mapping of keys, got list"),
         ("class_names: [a\n", "is not valid YAML"),
+        ("intrinsics: [1, 2]\n", "key 'intrinsics' must be a mapping, got"),
+        (
+            "intrinsics: {lidar: [5, 5, 1, 1, 4, 3]}\n",
+            r"dataset\.yaml': unknown key 'intrinsics\.lidar'; known keys: rgb, depth",
+        ),
+        (
+            "intrinsics: {depth: [5, 5, 1, 1]}\n",
+            r"dataset\.yaml': key 'intrinsics\.depth' must be a list \[fx, fy, cx, cy, width, h",
+        ),
+        (
+            "intrinsics: {depth: 5}\n",
+            r"dataset\.yaml': key 'intrinsics\.depth' must be a list \[fx, fy, cx, cy, width, h",
+        ),
+        (
+            "intrinsics: {depth: [0, 5, 1, 1, 4, 3]}\n",
+            r"dataset\.yaml': key 'intrinsics\.depth': focal lengths must be positive",
+        ),
+        (
+            "intrinsics: {depth: [5, 5, 1, 1, 4.5, 3]}\n",
+            r"key 'intrinsics\.depth': width and height must be positive integers",
+        ),
     ],
 )
 def test_invalid_dataset_yaml_is_named(tmp_path: Path, text: str, message: str) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+from unim2_core.data.camera import CameraIntrinsics
 from unim2_core.data.datasets.folder import FolderDataset, write_frame_group
 from unim2_demo.synthetic_scenes import CLASS_NAMES, SceneFrame, generate_sequence
 from unim2_ros.bag_import import IMPORT_RECORD, main
@@ -27,6 +28,8 @@ N_FRAMES = 5
 JITTER_NS = (1_000_000, 4_000_000, -6_000_000)
 TOPIC_ARGS = ["--topic", f"rgb={RGB}", "--topic", f"depth={DEPTH}"]
 LABEL_ARGS = ["--labels", LABELS, "--class-names", ",".join(CLASS_NAMES)]
+K = np.array([[50.5, 0, 31.5], [0, 51.0, 23.5], [0, 0, 1]])
+CAMERA = CameraIntrinsics(50.5, 51.0, 31.5, 23.5, 64, 48)
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +132,7 @@ def test_import_writes_the_recorded_arrays_into_the_folder_layout(
 def test_import_reports_and_records_the_depth_calibration_beside_its_topic(
     tmp_path: Path, frames: list[SceneFrame], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    k = np.array([[50.5, 0, 31.5], [0, 51.0, 23.5], [0, 0, 1]])
-    bag = write_bag(tmp_path / "bag", frames, depth_k=[k])
+    bag = write_bag(tmp_path / "bag", frames, depth_k=[K])
     out = tmp_path / "data"
     assert main([str(bag), "--out", str(out), *TOPIC_ARGS, "--no-progress"]) == 0
     assert (
@@ -141,22 +143,72 @@ def test_import_reports_and_records_the_depth_calibration_beside_its_topic(
     assert record["camera_info"] == {
         "depth": {"topic": DEPTH_INFO, "intrinsics": [[50.5, 51.0, 31.5, 23.5, 64, 48]]}
     }
-    assert len(FolderDataset(out, split="all")) == N_FRAMES  # the layout itself is unchanged
+    dataset = FolderDataset(out, split="all")
+    assert len(dataset) == N_FRAMES
+    assert dict(dataset.info.intrinsics) == {"depth": CAMERA}
+    written = (out / "dataset.yaml").read_bytes()
     assert main([str(bag), "--out", str(out), *TOPIC_ARGS, "--no-progress"]) == 0  # re-run
+    assert (out / "dataset.yaml").read_bytes() == written
+    assert f"depth    intrinsics recorded in '{out}/dataset.yaml'" in capsys.readouterr().out
+
+
+def test_import_adds_the_camera_to_a_dataset_yaml_and_keeps_its_keys(
+    tmp_path: Path, frames: list[SceneFrame]
+) -> None:
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "dataset.yaml").write_text(f"name: yard\nclass_names: {list(CLASS_NAMES)}\n")
+    bag = write_bag(tmp_path / "bag", frames, depth_k=[K])
+    assert (
+        main([str(bag), "--out", str(out), *TOPIC_ARGS, "--labels", LABELS, "--no-progress"]) == 0
+    )
+    assert yaml.safe_load((out / "dataset.yaml").read_text()) == {
+        "name": "yard",
+        "class_names": list(CLASS_NAMES),
+        "intrinsics": {"depth": [50.5, 51.0, 31.5, 23.5, 64, 48]},
+    }
+
+
+def test_appending_a_bag_of_another_camera_is_refused_and_of_the_same_camera_is_not(
+    tmp_path: Path, frames: list[SceneFrame], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "data"
+    first = write_bag(tmp_path / "first", frames[:2], depth_k=[K])
+    assert main([str(first), "--out", str(out), *TOPIC_ARGS, "--no-progress"]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    other = write_bag(tmp_path / "other", frames[2:4], depth_k=[2 * K])
+    assert main([str(other), "--out", str(out), *TOPIC_ARGS, "--append", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"ERROR: the depth camera of this bag ({DEPTH_INFO}: [101.0, 102.0, 63.0, 47.0, " in err
+    assert f"differs from key 'intrinsics.depth' of '{out}/dataset.yaml'" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    same = write_bag(tmp_path / "same", frames[2:4], depth_k=[K])
+    assert main([str(same), "--out", str(out), *TOPIC_ARGS, "--append", "--no-progress"]) == 0
+    dataset = FolderDataset(out, split="all")
+    assert len(dataset) == 4
+    assert dict(dataset.info.intrinsics) == {"depth": CAMERA}
 
 
 def test_import_names_every_calibration_and_an_uncalibrated_camera_info(
     tmp_path: Path, frames: list[SceneFrame], capsys: pytest.CaptureFixture[str]
 ) -> None:
     k = np.array([[50.0, 0, 32.0], [0, 50.0, 24.0], [0, 0, 1]])
+    not_recorded = (
+        "depth    intrinsics not recorded (not one calibrated camera): a depth_hha encoding of "
+        "depth needs 'intrinsics' in the training config\n"
+    )
     bag = write_bag(tmp_path / "bag", frames, depth_k=[k, 2 * k])
     assert main([str(bag), "--out", str(tmp_path / "a"), *TOPIC_ARGS, "--no-progress"]) == 0
-    assert "from /camera/depth/camera_info; 2 calibrations in the bag, this is the first" in (
-        capsys.readouterr().out
-    )
+    out = capsys.readouterr().out
+    assert "from /camera/depth/camera_info; 2 calibrations in the bag, this is the first" in out
+    assert not_recorded in out
+    assert not (tmp_path / "a" / "dataset.yaml").exists()
+    assert dict(FolderDataset(tmp_path / "a", split="all").info.intrinsics) == {}
     bag = write_bag(tmp_path / "zero", frames, depth_k=[np.zeros((3, 3))])
     assert main([str(bag), "--out", str(tmp_path / "b"), *TOPIC_ARGS, "--no-progress"]) == 0
-    assert f"depth    {DEPTH_INFO}: no calibrated camera (all-zero K)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"depth    {DEPTH_INFO}: no calibrated camera (all-zero K)\n  {not_recorded}" in out
+    assert not (tmp_path / "b" / "dataset.yaml").exists()
 
 
 def test_import_keeps_float_depth_in_metres(tmp_path: Path, frames: list[SceneFrame]) -> None:

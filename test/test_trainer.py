@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -17,16 +18,21 @@ import yaml
 from synthetic_data import tiny_config, write_synthetic_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from unim2_core.data.camera import CameraIntrinsics
+from unim2_core.data.datasets import DatasetInfo
+from unim2_core.data.encoding import ModalityEncoding
 from unim2_core.errors import ConfigError, Interrupted, TrainingError
 from unim2_core.model.checkpoint import load_bundle
 from unim2_core.runtime.segmenter import Segmenter
 from unim2_core.training.config import TrainConfig, parse_config
+from unim2_core.training.feature_cache import entry_name
 from unim2_core.training.trainer import (
     Trainer,
     batch_indices,
     config_differences,
     holdout_split,
     train,
+    with_dataset_intrinsics,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -507,3 +513,104 @@ def test_without_modality_dropout_no_mask_is_drawn(
     state = trainer.generator.get_state()
     assert trainer._dropout_mask(8) is None
     assert torch.equal(trainer.generator.get_state(), state)
+
+
+SYNTHETIC_CAMERA = CameraIntrinsics(110.0, 112.0, 63.5, 47.5, 128, 96)
+
+
+def _folder_with_camera(data_root: Path, root: Path, camera: CameraIntrinsics | None) -> Path:
+    """The synthetic frames (linked) with a dataset.yaml giving ``camera`` for depth."""
+    root.mkdir()
+    for sub in ("rgb", "depth", "labels"):
+        (root / sub).symlink_to(data_root / sub)
+    config = yaml.safe_load((data_root / "dataset.yaml").read_text())
+    if camera is not None:
+        config["intrinsics"] = {"depth": camera.to_list()}
+    (root / "dataset.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+def test_depth_hha_without_intrinsics_trains_with_the_dataset_yaml_camera(
+    data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = _folder_with_camera(data_root, tmp_path / "data", SYNTHETIC_CAMERA)
+    config = _config(
+        root,
+        tmp_path / "run",
+        tmp_path / "cache",
+        modalities={"rgb": {"kind": "rgb"}, "depth": {"kind": "depth_hha"}},
+        train={"steps": 2},
+    )
+    assert config.modalities["depth"].intrinsics is None
+    with caplog.at_level("INFO", logger="unim2_core.training.trainer"):
+        result = train(config, progress=False)
+    assert (
+        f"modalities.depth: depth_hha intrinsics {SYNTHETIC_CAMERA.to_list()} taken from "
+        f"'{root}/dataset.yaml' (key 'intrinsics.depth')"
+    ) in caplog.text
+    resolved = dataclasses.replace(
+        ModalityEncoding.default("depth_hha"), intrinsics=SYNTHETIC_CAMERA
+    )
+    bundle = load_bundle(result.bundle_path)
+    assert bundle.encodings["depth"] == resolved  # the node's fallback camera
+    assert bundle.training["modalities"]["depth"]["intrinsics"] == SYNTHETIC_CAMERA.to_list()
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["modalities"]["depth"]["intrinsics"] == SYNTHETIC_CAMERA.to_list()
+    entries = {p.name for p in (tmp_path / "cache").rglob("depth-*.npy")}
+    assert f"{entry_name('depth', resolved)}.npy" in entries  # the cache knows the camera
+
+
+def test_depth_hha_without_intrinsics_anywhere_names_dataset_yaml(
+    data_root: Path, tmp_path: Path
+) -> None:
+    config = _config(
+        data_root,
+        tmp_path / "run",
+        tmp_path / "cache",
+        modalities={"rgb": {"kind": "rgb"}, "depth": {"kind": "depth_hha"}},
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"modalities\.depth: the depth_hha encoding needs the camera's intrinsics: give "
+        r"'intrinsics' .* in this encoding or, for a folder dataset, key 'intrinsics\.depth' in "
+        rf"'{data_root}/dataset\.yaml', which unim2_import_bag writes",
+    ):
+        Trainer(config, progress=False)
+    assert not (tmp_path / "cache").exists()  # refused before any feature is extracted
+
+
+def _info(intrinsics: dict[str, CameraIntrinsics]) -> DatasetInfo:
+    return DatasetInfo("t", ("rgb", "depth"), (), np.zeros((0, 3), np.uint8), 255, intrinsics)
+
+
+def test_config_intrinsics_win_over_the_dataset_camera_with_a_warning(
+    data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    given = [100.0, 100.0, 64.0, 48.0, 128, 96]
+    config = _config(
+        data_root,
+        tmp_path / "run",
+        tmp_path / "cache",
+        modalities={"rgb": {"kind": "rgb"}, "depth": {"kind": "depth_hha", "intrinsics": given}},
+    )
+    with caplog.at_level("INFO", logger="unim2_core.training.trainer"):
+        resolved = with_dataset_intrinsics(config, _info({"depth": SYNTHETIC_CAMERA}))
+    assert resolved == config
+    (record,) = caplog.records
+    assert record.levelname == "WARNING"
+    assert record.getMessage() == (
+        f"modalities.depth: the config's intrinsics {[float(v) for v in given]} differ from "
+        f"{SYNTHETIC_CAMERA.to_list()} in '{data_root}/dataset.yaml'; the config's are used"
+    )
+    caplog.clear()
+    with caplog.at_level("INFO", logger="unim2_core.training.trainer"):
+        same = _info({"depth": CameraIntrinsics.from_values(given)})
+        assert with_dataset_intrinsics(config, same) == config
+    assert caplog.records == []
+
+
+def test_encodings_other_than_depth_hha_ignore_the_dataset_camera(
+    data_root: Path, tmp_path: Path
+) -> None:
+    config = _config(data_root, tmp_path / "run", tmp_path / "cache")
+    assert with_dataset_intrinsics(config, _info({"depth": SYNTHETIC_CAMERA})) == config

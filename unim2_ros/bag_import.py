@@ -24,11 +24,16 @@ missing from the bag, or of another type than sensor_msgs/msg/Image, is an error
 
 Calibration: the ``camera_info`` topic beside each imported image topic
 (``/cam/depth/image_raw`` -> ``/cam/depth/camera_info``, as ``unim2_record`` records it) is read
-when the bag has it. The folder layout has no place for intrinsics (a training config carries
-them, ``modalities.<name>.intrinsics`` of a ``depth_hha`` encoding), so its distinct
-calibrations are kept in the import record and returned (:attr:`ImportSummary.cameras`), and
-the command prints them as ``[fx, fy, cx, cy, width, height]``, ready for the config. A
-camera_info topic without a calibrated camera (all-zero matrix) is reported as such.
+when the bag has it. Its distinct calibrations are kept in the import record, returned
+(:attr:`ImportSummary.cameras`) and printed as ``[fx, fy, cx, cy, width, height]``. A topic
+with exactly one calibrated camera is written into ``dataset.yaml`` as
+``intrinsics.<modality>``, where training finds it for a ``depth_hha`` encoding whose config
+gives none. ``dataset.yaml`` is created when absent and keeps its other keys (not its
+comments: it is rewritten only when a key is added); a different camera already recorded there
+for the modality is refused (importing another bag with the same camera, ``--append``, is
+fine). Several calibrations, or a camera_info topic without a calibrated camera (all-zero
+matrix), write nothing: the printout says so, and a ``depth_hha`` training config must then
+give the intrinsics itself.
 """
 
 from __future__ import annotations
@@ -41,7 +46,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import yaml
 from tqdm import tqdm
 
 from unim2_core.atomic import atomic_write_text
@@ -51,7 +55,9 @@ from unim2_core.data.datasets.base import FrameGroup
 from unim2_core.data.datasets.folder import (
     DATASET_YAML,
     SPLITS_DIR,
+    DatasetYaml,
     load_dataset_yaml,
+    write_dataset_yaml,
     write_frame_group,
 )
 from unim2_core.errors import DataError
@@ -93,11 +99,14 @@ class ImportSummary(NamedTuple):
         stats: What the bag reader did with each topic's messages.
         cameras: Modality -> the calibration beside its image topic, for the modalities whose
             ``camera_info`` topic is in the bag.
+        recorded: The modalities of ``cameras`` whose intrinsics ``dataset.yaml`` gives
+            (written by this import or an earlier one of the same camera).
     """
 
     stems: tuple[str, ...]
     stats: FrameStats
     cameras: Mapping[str, ImportedCamera]
+    recorded: tuple[str, ...]
 
 
 def import_bag(
@@ -136,8 +145,9 @@ def import_bag(
         BagError: The bag cannot be read or lacks a named topic, or the ``camera_info``
             topic beside an image topic holds another type or an undecodable message.
         DataError: ``out`` holds other files (see the module docstring), class names missing
-            or disagreeing with ``dataset.yaml``, no group found, frames whose modalities
-            differ in size, or a file that cannot be written.
+            or disagreeing with ``dataset.yaml``, a calibration differing from the
+            ``intrinsics`` there, no group found, frames whose modalities differ in size, or a
+            file that cannot be written.
     """
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every!r}")
@@ -163,8 +173,12 @@ def import_bag(
                 for modality, camera in cameras.items()
             }
         earlier = _check_output_folder(out, source, append=append)
-        if label_topic is not None or class_names is not None:
-            _prepare_dataset_yaml(out, class_names)
+        recorded = _prepare_dataset_yaml(
+            out,
+            labelled=label_topic is not None or class_names is not None,
+            class_names=class_names,
+            cameras=cameras,
+        )
         rgb_count = reader.info.topics[topics["rgb"]].message_count
         stems: list[str] = []
         groups = tqdm(stream, total=rgb_count, unit="group", disable=not progress)
@@ -190,7 +204,7 @@ def import_bag(
         )
     if split is not None:
         _write_text(out / SPLITS_DIR / f"{split}.txt", "".join(f"{s}\n" for s in stems))
-    return ImportSummary(tuple(stems), stats, cameras)
+    return ImportSummary(tuple(stems), stats, cameras, recorded)
 
 
 def _cameras(reader: BagReader, topics: Mapping[str, str]) -> dict[str, ImportedCamera]:
@@ -258,27 +272,72 @@ def _check_output_folder(out: Path, source: dict[str, object], *, append: bool) 
     return []
 
 
-def _prepare_dataset_yaml(out: Path, class_names: Sequence[str] | None) -> None:
-    """Make sure ``out/dataset.yaml`` names the label classes, writing it when absent."""
+def _prepare_dataset_yaml(
+    out: Path,
+    *,
+    labelled: bool,
+    class_names: Sequence[str] | None,
+    cameras: Mapping[str, ImportedCamera],
+) -> tuple[str, ...]:
+    """Make sure ``out/dataset.yaml`` names the label classes (when ``labelled``) and records
+    each camera that is the one calibration of its topic; the file is written (created when
+    absent, other keys kept) only when it lacks one of them.
+
+    Returns:
+        The modalities of ``cameras`` whose intrinsics ``dataset.yaml`` now gives.
+
+    Raises:
+        DataError: Labels without class names, class names disagreeing with the file's, or
+            a calibration differing from the file's ``intrinsics`` of its modality.
+    """
     path = out / DATASET_YAML
-    existing = load_dataset_yaml(path) if path.is_file() else None
+    existing = load_dataset_yaml(path) if path.is_file() else DatasetYaml()
+    config = DatasetYaml(**existing)
+    if labelled:
+        _add_class_names(config, class_names, path)
+    known = dict(config.get("intrinsics", {}))
+    for modality, camera in cameras.items():
+        recorded = known.get(modality)
+        if recorded is not None and any(c != recorded for c in camera.calibrations):
+            found = ", ".join(str(c.to_list()) for c in camera.calibrations)
+            raise DataError(
+                f"the {modality} camera of this bag ({camera.topic}: {found}) differs from "
+                f"key 'intrinsics.{modality}' of {str(path)!r} ({recorded.to_list()}), the camera "
+                "of the frames already there; import this bag into its own folder"
+            )
+        if recorded is None and len(camera.calibrations) == 1:
+            known[modality] = camera.calibrations[0]
+    if known:
+        config["intrinsics"] = known
+    if config != existing:
+        write_dataset_yaml(path, config)
+    return tuple(modality for modality in cameras if modality in known)
+
+
+def _add_class_names(config: DatasetYaml, class_names: Sequence[str] | None, path: Path) -> None:
+    """Put ``class_names`` into ``config`` (the parsed ``path``), or check them against its own.
+
+    Raises:
+        DataError: No class names on either side, names that disagree with the file's, or
+            names that are empty or repeated.
+    """
     if class_names is None:
-        if existing is None or "class_names" not in existing:
+        if "class_names" not in config:
             raise DataError(
                 f"labels need class names: pass --class-names or list class_names in {str(path)!r}"
             )
         return
-    if existing is not None:
-        if existing.get("class_names") != list(class_names):
+    names = list(class_names)
+    if "class_names" in config:
+        if config["class_names"] != names:
             raise DataError(
-                f"class names {list(class_names)} disagree with {str(path)!r} "
-                f"({existing.get('class_names')}); fix or remove that file"
+                f"class names {names} disagree with {str(path)!r} "
+                f"({config['class_names']}); fix or remove that file"
             )
         return
-    names = list(class_names)
     if not names or not all(name for name in names) or len(set(names)) != len(names):
         raise DataError(f"class names must be non-empty and distinct, got {names}")
-    _write_text(path, yaml.safe_dump({"class_names": names}, sort_keys=False))
+    config["class_names"] = names
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -291,6 +350,7 @@ def _write_text(path: Path, text: str) -> None:
 def _format_summary(
     summary: ImportSummary, bag: Path, out: Path, topics: Mapping[str, str], split: str | None
 ) -> str:
+    """What was written, per topic, and where each camera's intrinsics went."""
     stats = summary.stats
     lines = [
         f"wrote {len(summary.stems)} of {stats.groups} synchronised frame groups from "
@@ -305,13 +365,23 @@ def _format_summary(
     for modality, camera in summary.cameras.items():
         if not camera.calibrations:
             lines.append(f"  {modality:8s} {camera.topic}: no calibrated camera (all-zero K)")
-            continue
-        first = [round(value, 6) for value in camera.calibrations[0].to_list()]
-        several = len(camera.calibrations)
-        lines.append(
-            f"  {modality:8s} intrinsics {first} (fx fy cx cy w h) from {camera.topic}"
-            + (f"; {several} calibrations in the bag, this is the first" if several > 1 else "")
-        )
+        else:
+            first = [round(value, 6) for value in camera.calibrations[0].to_list()]
+            several = len(camera.calibrations)
+            lines.append(
+                f"  {modality:8s} intrinsics {first} (fx fy cx cy w h) from {camera.topic}"
+                + (f"; {several} calibrations in the bag, this is the first" if several > 1 else "")
+            )
+        if modality in summary.recorded:
+            lines.append(
+                f"  {modality:8s} intrinsics recorded in {str(out / DATASET_YAML)!r} "
+                f"(key 'intrinsics.{modality}'), where training finds them"
+            )
+        else:
+            lines.append(
+                f"  {modality:8s} intrinsics not recorded (not one calibrated camera): a "
+                f"depth_hha encoding of {modality} needs 'intrinsics' in the training config"
+            )
     return "\n".join(lines)
 
 

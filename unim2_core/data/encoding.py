@@ -288,7 +288,8 @@ class ModalityEncoding:
         if intrinsics is None:
             raise EncodingError(
                 f"{label}: the depth_hha encoding needs the camera's intrinsics (camera_info in "
-                "the node, 'intrinsics' in the training config's encoding)",
+                "the node; in training, 'intrinsics' in the config's encoding or in the folder "
+                "dataset's dataset.yaml, which unim2_import_bag writes from the bag's camera_info)",
                 modality=label,
             )
         hha = hha_from_depth(array, intrinsics, name=label)

@@ -12,6 +12,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -32,6 +33,8 @@ from tqdm import tqdm
 
 from unim2_core.atomic import atomic_output, atomic_write_text
 from unim2_core.data.datasets import DatasetInfo, FrameGroup, open_dataset
+from unim2_core.data.datasets.folder import DATASET_YAML
+from unim2_core.data.encoding import EncodingKind, ModalityEncoding
 from unim2_core.data.preprocess import PreprocessConfig
 from unim2_core.device import resolve_device
 from unim2_core.errors import ConfigError, DataError, Interrupted, TrainingError
@@ -163,6 +166,73 @@ def open_splits(config: TrainConfig) -> Splits:
     )
 
 
+def dataset_encodings(config: TrainConfig, info: DatasetInfo) -> dict[str, ModalityEncoding]:
+    """The config's encodings, each ``depth_hha`` one without intrinsics given the dataset's
+    camera of its modality (``info.intrinsics``, a folder's ``dataset.yaml``).
+
+    Training computes HHA from every depth frame, so such an encoding needs a camera; the
+    resolved intrinsics are part of the feature cache's identity and of the checkpoint.
+
+    Raises:
+        ConfigError: A ``depth_hha`` encoding without intrinsics whose modality has none in
+            the dataset either.
+    """
+    resolved = dict(config.modalities)
+    for name, encoding in config.modalities.items():
+        if encoding.kind is not EncodingKind.DEPTH_HHA or encoding.intrinsics is not None:
+            continue
+        camera = info.intrinsics.get(name)
+        if camera is None:
+            raise ConfigError(
+                f"modalities.{name}: the depth_hha encoding needs the camera's intrinsics: give "
+                "'intrinsics' [fx, fy, cx, cy, width, height] in this encoding or, for a folder "
+                f"dataset, key 'intrinsics.{name}' in {_dataset_yaml(config)!r}, which "
+                "unim2_import_bag writes when the bag recorded the camera_info beside the image "
+                "topic (re-import such a bag)"
+            )
+        resolved[name] = dataclasses.replace(encoding, intrinsics=camera)
+    return resolved
+
+
+def with_dataset_intrinsics(config: TrainConfig, info: DatasetInfo) -> TrainConfig:
+    """``config`` with :func:`dataset_encodings`, logging where each camera came from.
+
+    A ``depth_hha`` encoding that takes the dataset's camera is logged at INFO; one whose
+    config intrinsics differ from the dataset's keeps its own, with a WARNING naming both.
+
+    Raises:
+        ConfigError: As :func:`dataset_encodings`.
+    """
+    where = _dataset_yaml(config)
+    for name, encoding in config.modalities.items():
+        camera = info.intrinsics.get(name)
+        if encoding.kind is not EncodingKind.DEPTH_HHA or camera is None:
+            continue
+        if encoding.intrinsics is None:
+            LOGGER.info(
+                "modalities.%s: depth_hha intrinsics %s taken from %r (key 'intrinsics.%s')",
+                name,
+                camera.to_list(),
+                where,
+                name,
+            )
+        elif encoding.intrinsics != camera:
+            LOGGER.warning(
+                "modalities.%s: the config's intrinsics %s differ from %s in %r; the config's "
+                "are used",
+                name,
+                encoding.intrinsics.to_list(),
+                camera.to_list(),
+                where,
+            )
+    return dataclasses.replace(config, modalities=dataset_encodings(config, info))
+
+
+def _dataset_yaml(config: TrainConfig) -> str:
+    """Where a folder dataset keeps its cameras, for messages."""
+    return str(Path(config.dataset.root) / DATASET_YAML)
+
+
 class SplitStores(NamedTuple):
     """Cached features of a run's splits (``test`` is None when it is the selection split)."""
 
@@ -193,8 +263,12 @@ def prepare_caches(
     cache_root: Path,
     progress: bool,
 ) -> SplitStores:
-    """Extract (or reuse) the feature caches of every split (all ranks of a torchrun job)."""
-    encodings = config.modalities
+    """Extract (or reuse) the feature caches of every split (all ranks of a torchrun job).
+
+    A ``depth_hha`` encoding without intrinsics takes the dataset's (:func:`dataset_encodings`),
+    so that every tool extracts the features training uses.
+    """
+    encodings = dataset_encodings(config, splits.info)
     dataset_id = {
         "kind": config.dataset.kind,
         "root": str(Path(config.dataset.root).resolve()),
@@ -363,17 +437,18 @@ class Trainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.state_path = self.output_dir / STATE_FILE
         self.log_path = self.output_dir / "metrics.jsonl"
-        self.plain_config = config_to_dict(config)
         if restart:
             self.state_path.unlink(missing_ok=True)
             self.log_path.unlink(missing_ok=True)
         self.device = resolve_device(config.train.device)
+        self.splits = open_splits(config)
+        config = self.config = with_dataset_intrinsics(config, self.splits.info)
+        self.plain_config = config_to_dict(config)
         self.backbone = load_backbone(
             config.backbone.name,
             config.backbone.weights,
             feature_layer=config.backbone.feature_layer,
         ).to(self.device)
-        self.splits = open_splits(config)
         cache_root = Path(config.cache_dir) if config.cache_dir else self.output_dir / "cache"
         self.data = prepare_caches(
             config,
@@ -900,6 +975,7 @@ def calibrate_run(config: TrainConfig, *, progress: bool = True) -> Calibration:
     ).to(device)
     cache_root = Path(config.cache_dir) if config.cache_dir else Path(config.output_dir) / "cache"
     splits = open_splits(config)
+    config = with_dataset_intrinsics(config, splits.info)
     stores = prepare_caches(
         config, splits, backbone, device=device, cache_root=cache_root, progress=progress
     )

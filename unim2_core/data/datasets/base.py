@@ -21,10 +21,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import ClassVar, Literal, NamedTuple, Protocol
 
 import numpy as np
 
+from unim2_core.data.camera import CameraIntrinsics
 from unim2_core.errors import DataError
 
 IGNORE_INDEX = 255
@@ -63,6 +65,9 @@ class DatasetInfo(NamedTuple):
         class_names: Ground-truth class names; label id i names ``class_names[i]``.
         palette: [n_classes, 3] uint8 RGB colour of each class.
         ignore_index: Label value of unlabelled pixels.
+        intrinsics: Modality -> the camera it was recorded with, where the dataset says
+            (a folder's ``dataset.yaml``); training takes a ``depth_hha`` encoding's
+            intrinsics from here when its config gives none. Empty by default.
     """
 
     name: str
@@ -70,6 +75,7 @@ class DatasetInfo(NamedTuple):
     class_names: tuple[str, ...]
     palette: np.ndarray
     ignore_index: int
+    intrinsics: Mapping[str, CameraIntrinsics] = MappingProxyType({})
 
 
 class FrameDataset(Protocol):

@@ -41,17 +41,26 @@ ignore index).
     class_names: [road, grass, tree]
     palette: [[128, 64, 128], [0, 255, 0], [0, 128, 0]]   # RGB per class (default generated)
     ignore_index: 255           # label value of unlabelled pixels; not a class id (default 255)
+    intrinsics:                 # camera of a modality: [fx, fy, cx, cy, width, height]
+      depth: [525.0, 525.0, 319.5, 239.5, 640, 480]
+
+``intrinsics`` (pixels, for images of ``width`` x ``height``) is what training gives a
+``depth_hha`` encoding whose config has none (the config's own value wins);
+``unim2_import_bag`` writes it from the ``camera_info`` recorded beside an image topic.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, TypedDict
 
 import numpy as np
 import yaml
 
+from unim2_core.atomic import atomic_write_text
+from unim2_core.data.camera import CameraIntrinsics
 from unim2_core.data.datasets.base import (
     IGNORE_INDEX,
     MODALITIES,
@@ -75,7 +84,7 @@ from unim2_core.data.image_io import (
     write_npy,
     write_png,
 )
-from unim2_core.errors import DataError
+from unim2_core.errors import ConfigError, DataError
 from unim2_core.schema import Field, check_keys
 
 DATASET_YAML = "dataset.yaml"
@@ -85,7 +94,7 @@ SPLITS_DIR = "splits"
 _IMAGE_SUFFIXES = (".png",)
 _RGB_SUFFIXES = (".png", ".jpg", ".jpeg")
 _ARRAY_SUFFIX = ".npy"
-_YAML_KEYS = ("name", "class_names", "palette", "ignore_index")
+_YAML_KEYS = ("name", "class_names", "palette", "ignore_index", "intrinsics")
 _MAX_LABEL_VALUE = int(np.iinfo(np.uint16).max)
 
 
@@ -96,6 +105,7 @@ class DatasetYaml(TypedDict, total=False):
     class_names: list[str]
     palette: list[list[int]]
     ignore_index: int
+    intrinsics: dict[str, CameraIntrinsics]
 
 
 def _name_problem(name: str) -> str | None:
@@ -148,6 +158,29 @@ def _ignore_index_field(n_classes: int) -> Field:
 
 _NAME = Field(str, check=_name_problem)
 _CLASS_NAMES = Field(list, items=str, check=_class_names_problem)
+_INTRINSICS = Field(dict)
+
+
+def _parse_intrinsics(cameras: Mapping[str, object], where: str) -> dict[str, CameraIntrinsics]:
+    """``intrinsics``: modality -> ``[fx, fy, cx, cy, width, height]``.
+
+    Raises:
+        DataError: A key that is not a modality, or a value that is not such a list; the
+            message starts with ``where`` and names the key ``intrinsics.<modality>``.
+    """
+    check_keys(
+        cameras, MODALITIES, where=where, prefix="intrinsics", list_known=True, error=DataError
+    )
+    parsed: dict[str, CameraIntrinsics] = {}
+    for modality, values in cameras.items():
+        key = f"{where}key 'intrinsics.{modality}'"
+        if not isinstance(values, list):
+            raise DataError(f"{key} must be a list [fx, fy, cx, cy, width, height], got {values!r}")
+        try:
+            parsed[modality] = CameraIntrinsics.from_values(values, where=key)
+        except ConfigError as err:
+            raise DataError(str(err)) from err
+    return parsed
 
 
 def load_dataset_yaml(path: Path) -> DatasetYaml:
@@ -185,7 +218,29 @@ def load_dataset_yaml(path: Path) -> DatasetYaml:
         parsed["palette"] = [list(colour) for colour in parse("palette", _palette_field(n_classes))]
     if "ignore_index" in loaded:
         parsed["ignore_index"] = parse("ignore_index", _ignore_index_field(n_classes))
+    if "intrinsics" in loaded:
+        parsed["intrinsics"] = _parse_intrinsics(parse("intrinsics", _INTRINSICS), where)
     return parsed
+
+
+def write_dataset_yaml(path: Path, config: DatasetYaml) -> None:
+    """Write ``config`` as a ``dataset.yaml`` that :func:`load_dataset_yaml` reads back.
+
+    The file is replaced atomically; comments of an earlier file are not kept.
+
+    Raises:
+        DataError: The file cannot be written.
+    """
+    plain: dict[str, object] = {key: value for key, value in config.items() if key != "intrinsics"}
+    if "intrinsics" in config:
+        plain["intrinsics"] = {
+            modality: [*camera.to_list()[:4], camera.width, camera.height]
+            for modality, camera in config["intrinsics"].items()
+        }
+    try:
+        atomic_write_text(path, yaml.safe_dump(plain, sort_keys=False, default_flow_style=None))
+    except OSError as err:
+        raise DataError(f"cannot write {str(path)!r}: {err}") from err
 
 
 def _suffixes(modality: str) -> tuple[str, ...]:
@@ -229,7 +284,8 @@ class FolderDataset(SplitReader):
 
         Raises:
             DataError: Missing ``rgb/``, split list, modality folder or file, an unknown
-                modality, an invalid ``dataset.yaml``, or labels without class names.
+                modality, an invalid ``dataset.yaml`` (intrinsics included), or labels
+                without class names.
         """
         self.root = Path(root)
         self.split = split
@@ -266,6 +322,7 @@ class FolderDataset(SplitReader):
             class_names=class_names,
             palette=palette,
             ignore_index=ignore_index,
+            intrinsics=MappingProxyType(config.get("intrinsics", {})),
         )
 
     def has_labels(self, index: int) -> bool:
