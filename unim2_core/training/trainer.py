@@ -441,14 +441,14 @@ class Trainer:
             self.state_path.unlink(missing_ok=True)
             self.log_path.unlink(missing_ok=True)
         self.device = resolve_device(config.train.device)
-        self.splits = open_splits(config)
-        config = self.config = with_dataset_intrinsics(config, self.splits.info)
-        self.plain_config = config_to_dict(config)
         self.backbone = load_backbone(
             config.backbone.name,
             config.backbone.weights,
             feature_layer=config.backbone.feature_layer,
         ).to(self.device)
+        self.splits = open_splits(config)
+        config = self.config = with_dataset_intrinsics(config, self.splits.info)
+        self.plain_config = config_to_dict(config)
         cache_root = Path(config.cache_dir) if config.cache_dir else self.output_dir / "cache"
         self.data = prepare_caches(
             config,
