@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import cv2
@@ -17,6 +18,7 @@ from unim2_core.errors import BackboneError, CheckpointError, ConfigError, Encod
 from unim2_core.model.backbone import Backbone, load_backbone
 from unim2_core.model.checkpoint import ClassMapping, save_bundle
 from unim2_core.runtime.segmenter import (
+    Precision,
     Segmenter,
     clusters_from_code,
     clusters_from_similarity,
@@ -441,3 +443,47 @@ def test_compiled_backbone_gives_the_eager_labels(
     np.testing.assert_array_equal(result.labels, expected.labels)
     assert expected.confidence is not None and result.confidence is not None
     np.testing.assert_allclose(result.confidence, expected.confidence, atol=1e-5)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the CUDA stage / launch path needs a GPU"
+)
+@pytest.mark.parametrize(("precision", "min_agreement"), [("fp32", 0.999), ("fp16", 0.97)])
+def test_cuda_pipelined_outputs_match_the_cpu_segmenter(
+    imgfocus_backbone: Backbone,
+    nyu_frame: dict[str, np.ndarray],
+    precision: Precision,
+    min_agreement: float,
+) -> None:
+    """Pinned upload on the side stream, the event the compute stream waits for and the async
+    copy back give each group its own labels, those of the CPU, while the next group stages."""
+    bundle = make_bundle(imgfocus_backbone, RGBD, n_clusters=6)
+    cpu = Segmenter(bundle, copy.deepcopy(imgfocus_backbone), device="cpu", shorter_side=112)
+    _centroids_from_pixels(cpu, nyu_frame)
+    gpu = Segmenter(
+        bundle,
+        copy.deepcopy(imgfocus_backbone),  # a Segmenter moves and casts its backbone in place
+        device="cuda",
+        precision=precision,
+        shorter_side=112,
+    )
+    gpu.heads.load_state_dict(cpu.heads.state_dict())
+    assert gpu.launch_is_asynchronous
+    groups: list[tuple[dict[str, np.ndarray], tuple[str, ...]]] = [
+        (nyu_frame, ()),
+        ({"rgb": nyu_frame["rgb"]}, ("depth",)),
+        ({"rgb": nyu_frame["rgb"][::-1].copy(), "depth": nyu_frame["depth"][::-1].copy()}, ()),
+    ]
+    expected = [cpu(arrays, missing=missing).labels for arrays, missing in groups]
+    first = gpu.stage(groups[0][0], missing=groups[0][1])
+    assert isinstance(first.ready, torch.cuda.Event) and first.pixels.is_cuda
+    pending = gpu.launch(first)
+    outputs = []
+    for arrays, missing in groups[1:]:
+        staged = gpu.stage(arrays, missing=missing)
+        outputs.append(pending.result().labels)
+        pending = gpu.launch(staged)
+    outputs.append(pending.result().labels)
+    for output, labels in zip(outputs, expected, strict=True):
+        assert output.dtype == labels.dtype and output.shape == labels.shape
+        assert float(np.mean(output == labels)) >= min_agreement
