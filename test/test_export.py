@@ -17,7 +17,7 @@ from unim2_core.data.encoding import ModalityEncoding
 from unim2_core.errors import ExportError
 from unim2_core.model.backbone import Backbone
 from unim2_core.model.checkpoint import Bundle, save_bundle
-from unim2_core.runtime.export import export_onnx
+from unim2_core.runtime.export import TIE_TOLERANCE, export_onnx, self_check_agreement
 from unim2_core.runtime.inference_graph import InferenceGraph, nearest_exact_indices
 from unim2_core.runtime.onnx_segmenter import (
     CPU_PROVIDER,
@@ -301,3 +301,14 @@ def test_unim2_export_writes_a_file_onnx_runtime_serves(
     assert export_main(["--checkpoint", str(absent), "--out", str(tmp_path / "x.onnx")]) == 1
     assert capsys.readouterr().err.startswith("ERROR: ")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_self_check_counts_ties_but_not_other_clusters() -> None:
+    expected = np.array([[0, 1], [2, 3]])
+    expected_best = np.array([[0.9, 0.8], [0.7, 0.6]], dtype=np.float32)
+    assert self_check_agreement(expected, expected_best, expected, expected_best) == 1.0
+    # Pixel (0, 0): another id with the same similarity (a tie); pixel (1, 1): another id whose
+    # similarity is clearly lower, which only a wrong graph gives.
+    clusters = np.array([[5, 1], [2, 4]])
+    best = expected_best + np.array([[TIE_TOLERANCE / 2, 0.0], [0.0, -0.05]], dtype=np.float32)
+    assert self_check_agreement(clusters, best, expected, expected_best) == 0.75

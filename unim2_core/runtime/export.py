@@ -50,6 +50,8 @@ OPSET_VERSION = 18
 METADATA_PREFIX = "unim2."
 DEFAULT_SAMPLE_SIZE = (480, 640)
 MIN_SELF_CHECK_AGREEMENT = 0.999
+TIE_TOLERANCE = 1e-4
+"""Best-centroid similarities this close are a tie: either cluster id is a faithful answer."""
 
 
 class OnnxIdentity(NamedTuple):
@@ -186,7 +188,8 @@ def export_onnx(
             node's; ``code``, the paper protocol's).
         sample_size: Frame size (H, W) traced; the graph accepts any size afterwards.
         self_check: Run the written graph with ONNX Runtime on the traced (random) batch and
-            refuse it when fewer than 99.9 % of its cluster ids equal PyTorch's.
+            refuse it when fewer than 99.9 % of its cluster ids equal PyTorch's or tie with
+            them (:func:`self_check_agreement`).
 
     Raises:
         CheckpointError: the checkpoint is unreadable or does not match the backbone.
@@ -255,20 +258,40 @@ def _with_metadata(model_bytes: bytes, metadata: Mapping[str, str]) -> bytes:
     return data
 
 
+def self_check_agreement(
+    clusters: np.ndarray, best: np.ndarray, expected: np.ndarray, expected_best: np.ndarray
+) -> float:
+    """Share of pixels where ONNX Runtime's cluster id is PyTorch's, or a tie with it.
+
+    A pixel whose two best centroids are equally similar (within :data:`TIE_TOLERANCE`) may get
+    either id from float rounding; it counts as agreeing when the similarity ONNX Runtime
+    reports for its pick equals PyTorch's best. Codes that sit between nearly identical
+    centroids (a briefly trained model, or k-means centroids of a narrow code cloud) make many
+    such ties on the random traced batch, and refusing them would refuse a faithful graph.
+    """
+    same = clusters == expected
+    tie = np.abs(best.astype(np.float64) - expected_best.astype(np.float64)) <= TIE_TOLERANCE
+    return float(np.mean(same | tie))
+
+
 def _self_check(
     payload: bytes, graph: InferenceGraph, inputs: tuple[torch.Tensor, ...], *, source: str
 ) -> None:
-    """Refuse an export whose ONNX Runtime cluster ids disagree with PyTorch's."""
+    """Refuse an export whose ONNX Runtime cluster ids disagree with PyTorch's (ties aside,
+    see :func:`self_check_agreement`)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(payload, providers=["CPUExecutionProvider"])
     feeds = {name: value.numpy() for name, value in zip(INPUT_NAMES, inputs, strict=True)}
-    clusters = session.run([OUTPUT_NAMES[0]], feeds)[0]
+    clusters, best = session.run(list(OUTPUT_NAMES), feeds)
     with torch.inference_mode():
-        expected, _ = graph(*inputs)
-    agreement = float(np.mean(np.asarray(clusters) == expected.numpy()))
+        expected, expected_best = graph(*inputs)
+    agreement = self_check_agreement(
+        np.asarray(clusters), np.asarray(best), expected.numpy(), expected_best.float().numpy()
+    )
     if agreement < MIN_SELF_CHECK_AGREEMENT:
         raise ExportError(
             f"{source}: ONNX Runtime agrees with PyTorch on only {100 * agreement:.2f} % of "
-            f"the pixels of the traced batch (need {100 * MIN_SELF_CHECK_AGREEMENT:.1f} %)"
+            f"the pixels of the traced batch (need {100 * MIN_SELF_CHECK_AGREEMENT:.1f} %; "
+            f"ties within {TIE_TOLERANCE:g} count as agreeing)"
         )
