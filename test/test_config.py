@@ -179,3 +179,9 @@ def test_optional_keys_take_null_and_floats_take_integers() -> None:
     assert config.model.n_clusters is None
     assert config.train.grad_clip == 2.0 and isinstance(config.train.grad_clip, float)
     assert config.train.lr == 1.0 and isinstance(config.train.lr, float)
+
+
+def test_paper_configs_keep_the_probe_and_the_robot_config_fits_kmeans() -> None:
+    for name in ("train_nyu", "train_mfnet", "train_mcubes"):
+        assert load_config(CONFIG_DIR / f"{name}.yaml").model.cluster_fit == "probe"
+    assert load_config(CONFIG_DIR / "train_robot.yaml").model.cluster_fit == "kmeans"
