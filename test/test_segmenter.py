@@ -63,6 +63,29 @@ def _centroids_from_pixels(
             segmenter.heads.cluster_probe.centroids[k] = code[:, y, x]
 
 
+def _pipeline_groups(
+    nyu_frame: dict[str, np.ndarray],
+) -> list[tuple[dict[str, np.ndarray], tuple[str, ...]]]:
+    """Three different groups (arrays, missing): full, depth lost, flipped."""
+    flipped = {m: array[::-1].copy() for m, array in nyu_frame.items()}
+    return [(nyu_frame, ()), ({"rgb": nyu_frame["rgb"]}, ("depth",)), (flipped, ())]
+
+
+def _pipelined_labels(
+    segmenter: Segmenter, groups: list[tuple[dict[str, np.ndarray], tuple[str, ...]]]
+) -> list[np.ndarray]:
+    """Each group's labels, run as the node runs them: the next group is staged before the
+    previous outputs are read."""
+    pending = segmenter.launch(segmenter.stage(groups[0][0], missing=groups[0][1]))
+    outputs = []
+    for arrays, missing in groups[1:]:
+        staged = segmenter.stage(arrays, missing=missing)
+        outputs.append(pending.result().labels)
+        pending = segmenter.launch(staged)
+    outputs.append(pending.result().labels)
+    return outputs
+
+
 def test_segments_real_nyu_rgbd_frame(
     imgfocus_backbone: Backbone, nyu_frame: dict[str, np.ndarray]
 ) -> None:
@@ -403,22 +426,10 @@ def test_pipelined_stage_launch_result_gives_each_groups_outputs_in_order(
         shorter_side=112,
     )
     _centroids_from_pixels(segmenter, nyu_frame)
-    groups: list[tuple[dict[str, np.ndarray], tuple[str, ...]]] = [
-        (nyu_frame, ()),
-        ({"rgb": nyu_frame["rgb"]}, ("depth",)),
-        ({"rgb": nyu_frame["rgb"][::-1].copy(), "depth": nyu_frame["depth"][::-1].copy()}, ()),
-    ]
+    groups = _pipeline_groups(nyu_frame)
     expected = [segmenter(arrays, missing=missing).labels for arrays, missing in groups]
     assert not np.array_equal(expected[0], expected[2])
-    # As the node runs it: the next group is staged before the previous outputs are read.
-    pending = segmenter.launch(segmenter.stage(groups[0][0], missing=groups[0][1]))
-    outputs = []
-    for arrays, missing in groups[1:]:
-        staged = segmenter.stage(arrays, missing=missing)
-        outputs.append(pending.result().labels)
-        pending = segmenter.launch(staged)
-    outputs.append(pending.result().labels)
-    for output, labels in zip(outputs, expected, strict=True):
+    for output, labels in zip(_pipelined_labels(segmenter, groups), expected, strict=True):
         np.testing.assert_array_equal(output, labels)
 
 
@@ -469,21 +480,10 @@ def test_cuda_pipelined_outputs_match_the_cpu_segmenter(
     )
     gpu.heads.load_state_dict(cpu.heads.state_dict())
     assert gpu.launch_is_asynchronous
-    groups: list[tuple[dict[str, np.ndarray], tuple[str, ...]]] = [
-        (nyu_frame, ()),
-        ({"rgb": nyu_frame["rgb"]}, ("depth",)),
-        ({"rgb": nyu_frame["rgb"][::-1].copy(), "depth": nyu_frame["depth"][::-1].copy()}, ()),
-    ]
+    groups = _pipeline_groups(nyu_frame)
     expected = [cpu(arrays, missing=missing).labels for arrays, missing in groups]
     first = gpu.stage(groups[0][0], missing=groups[0][1])
     assert isinstance(first.ready, torch.cuda.Event) and first.pixels.is_cuda
-    pending = gpu.launch(first)
-    outputs = []
-    for arrays, missing in groups[1:]:
-        staged = gpu.stage(arrays, missing=missing)
-        outputs.append(pending.result().labels)
-        pending = gpu.launch(staged)
-    outputs.append(pending.result().labels)
-    for output, labels in zip(outputs, expected, strict=True):
+    for output, labels in zip(_pipelined_labels(gpu, groups), expected, strict=True):
         assert output.dtype == labels.dtype and output.shape == labels.shape
         assert float(np.mean(output == labels)) >= min_agreement
